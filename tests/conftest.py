@@ -1,0 +1,59 @@
+"""Shared fixtures: where the parity data lives, and the tolerance it is checked with."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _parity_root() -> Path | None:
+    candidates = [os.environ.get("LDM_PARITY_DIR"), REPO.parent / "shared" / "parity", REPO / "tests" / "parity"]
+    for c in candidates:
+        if c and Path(c, "cases").is_dir():
+            return Path(c)
+    return None
+
+
+PARITY = _parity_root()
+
+
+def require_parity() -> Path:
+    """The parity folder; skips outside CI when absent, fails under CI=true."""
+    if PARITY is None:
+        msg = ("parity data not found: looked in $LDM_PARITY_DIR, ../shared/parity beside the checkout "
+               "and tests/parity")
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg + " (CI=true: the parity checks must run)")
+        pytest.skip(msg)
+    return PARITY
+
+
+def load_case(name: str) -> dict:
+    root = require_parity()
+    return torch.load(root / "cases" / f"{name}.pt", weights_only=True, map_location="cpu")
+
+
+def assert_close(ours, ref, name: str = "") -> None:
+    """The parity tolerance: rtol 1e-4, atol 1e-4 * max(1, |ref|max); integers exactly."""
+    if isinstance(ref, (int, float)) and not isinstance(ref, bool):
+        ref = torch.tensor(ref)
+    if not isinstance(ours, torch.Tensor):
+        ours = torch.as_tensor(ours)
+    ours = ours.detach().cpu()
+    assert ours.shape == ref.shape, f"{name}: shape {tuple(ours.shape)} != reference {tuple(ref.shape)}"
+    if not ref.is_floating_point():
+        assert torch.equal(ours.to(ref.dtype), ref), f"{name}: integer values differ"
+        return
+    ours = ours.to(ref.dtype)
+    atol = 1e-4 * max(1.0, ref.abs().max().item()) if ref.numel() else 1e-4
+    diff = (ours - ref).abs().max().item() if ref.numel() else 0.0
+    assert torch.allclose(ours, ref, rtol=1e-4, atol=atol), f"{name}: max abs diff {diff:.3g} (atol {atol:.3g})"
+
+
+@pytest.fixture
+def parity_case():
+    return load_case
