@@ -42,8 +42,12 @@ TARGET_ALIASES = {
 DEFAULT_FONT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "DejaVuSans.ttf")
 
 
-class ConfigError(ValueError):
-    """A config that cannot be turned into an object; the message names the value and its location."""
+class ConfigError(ValueError, TypeError):
+    """A config that cannot be turned into an object; the message names the value and its location.
+
+    It is both a ValueError and a TypeError, so callers that catch either of the errors a constructor
+    raises for a bad argument also catch it after it has been annotated with the config location.
+    """
 
 
 def _config_location(config: Any, where: str | None) -> str:
@@ -131,7 +135,12 @@ def instantiate_from_config(config: Any, where: str | None = None, **extra: Any)
     params = {} if params is None else dict(params)
     params.update(extra)
     _check_params(obj, params, target, where)
-    return obj(**params)
+    try:
+        return obj(**params)
+    except ConfigError:
+        raise  # already names the nested config it came from
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{where} ({target}): {err}") from err
 
 
 def exists(x: Any) -> bool:

@@ -1,0 +1,25 @@
+# Set-up and the two everyday jobs. `make demo` and `make test` create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test bench clean-venv
+
+demo: $(VENV)/.installed
+	$(PY) scripts/demo.py
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/run_all.py
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+clean-venv:
+	rm -rf $(VENV)

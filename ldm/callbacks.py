@@ -1,0 +1,218 @@
+"""Lightning callbacks and plugins used by ``main.py``.
+
+- `SetupCallback`: creates the run directory and writes the merged configs (rank 0 only).
+- `ImageLogger`: calls the model's ``log_images`` every N batches and writes image grids.
+- `CUDACallback`: epoch time and peak CUDA memory, when training on CUDA.
+- `SignalCheckpoint`: writes ``last.ckpt`` after a SIGUSR1 (sent by cluster schedulers before preemption).
+- `AtomicCheckpointIO`: every checkpoint is written to a temporary file, then renamed into place,
+  so a killed run leaves either the previous checkpoint or the new one, never a truncated file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torchvision
+from omegaconf import OmegaConf
+from PIL import Image
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities import rank_zero_only
+
+logger = logging.getLogger(__name__)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """`TorchCheckpointIO` that never leaves a partially written checkpoint behind."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
+                        storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+class SetupCallback(pl.Callback):
+    """Creates ``logdir``, ``checkpoints/`` and ``configs/`` and saves the merged configs on rank 0."""
+
+    def __init__(self, resume: str, now: str, logdir: str, ckptdir: str, cfgdir: str, config: Any,
+                 lightning_config: Any):
+        super().__init__()
+        self.resume = resume  # the checkpoint or logdir being resumed ("" for a new run)
+        self.now = now  # the run's timestamp, used in config file names
+        self.logdir = logdir  # the run directory
+        self.ckptdir = ckptdir  # where checkpoints go
+        self.cfgdir = cfgdir  # where the merged configs go
+        self.config = config  # the merged project config (model, data)
+        self.lightning_config = lightning_config  # the merged `lightning:` section
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.global_rank != 0:
+            return
+        for d in (self.logdir, self.ckptdir, self.cfgdir):
+            os.makedirs(d, exist_ok=True)
+        if "callbacks" in self.lightning_config and "metrics_over_trainsteps_checkpoint" in self.lightning_config.callbacks:
+            os.makedirs(os.path.join(self.ckptdir, "trainstep_checkpoints"), exist_ok=True)
+        logger.info("Project config\n%s", OmegaConf.to_yaml(self.config))
+        atomic_write_bytes(os.path.join(self.cfgdir, f"{self.now}-project.yaml"),
+                           OmegaConf.to_yaml(self.config).encode())
+        atomic_write_bytes(os.path.join(self.cfgdir, f"{self.now}-lightning.yaml"),
+                           OmegaConf.to_yaml(OmegaConf.create({"lightning": self.lightning_config})).encode())
+
+
+class ImageLogger(pl.Callback):
+    """Writes ``log_images`` grids to ``<logdir>/images/<split>/`` every ``batch_frequency`` batches."""
+
+    def __init__(self, batch_frequency: int, max_images: int, clamp: bool = True,
+                 increase_log_steps: bool = True, rescale: bool = True, disabled: bool = False,
+                 log_on_batch_idx: bool = False, log_first_step: bool = False,
+                 log_images_kwargs: dict | None = None):
+        super().__init__()
+        if batch_frequency < 1:
+            raise ValueError(f"batch_frequency must be >= 1; got {batch_frequency}")
+        self.batch_freq = batch_frequency  # log every this many batches (global step or batch index)
+        self.max_images = max_images  # at most this many images per grid
+        self.clamp = clamp  # clamp images to [-1, 1] before writing
+        self.rescale = rescale  # map [-1, 1] to [0, 1] before writing
+        self.disabled = disabled  # switch the logger off without removing it from the config
+        self.log_on_batch_idx = log_on_batch_idx  # count batches within the epoch instead of global steps
+        self.log_first_step = log_first_step  # also log at step 0
+        self.log_images_kwargs = dict(log_images_kwargs or {})  # passed on to `log_images`
+        # Early logs at 1, 2, 4, ... until the regular frequency, as in the original.
+        self.log_steps = [2 ** n for n in range(int(np.log2(self.batch_freq)) + 1)] if increase_log_steps else [self.batch_freq]
+
+    @rank_zero_only
+    def log_local(self, save_dir: str, split: str, images: dict[str, torch.Tensor], global_step: int,
+                  current_epoch: int, batch_idx: int) -> list[str]:
+        root = os.path.join(save_dir, "images", split)
+        os.makedirs(root, exist_ok=True)
+        written = []
+        for k, imgs in images.items():
+            grid = torchvision.utils.make_grid(imgs, nrow=4)
+            if self.rescale:
+                grid = (grid + 1.0) / 2.0  # [-1, 1] -> [0, 1]
+            grid = grid.permute(1, 2, 0).squeeze(-1).numpy()
+            grid = (grid * 255).clip(0, 255).astype(np.uint8)
+            filename = f"{k}_gs-{global_step:06}_e-{current_epoch:06}_b-{batch_idx:06}.png"
+            path = os.path.join(root, filename)
+            Image.fromarray(grid).save(path)
+            written.append(path)
+        return written
+
+    def log_img(self, pl_module: pl.LightningModule, batch: Any, batch_idx: int, split: str = "train") -> None:
+        check_idx = batch_idx if self.log_on_batch_idx else pl_module.global_step
+        if not (self.check_frequency(check_idx) and callable(getattr(pl_module, "log_images", None))
+                and self.max_images > 0):
+            return
+        was_training = pl_module.training
+        if was_training:
+            pl_module.eval()
+        with torch.no_grad():
+            images = pl_module.log_images(batch, split=split, **self.log_images_kwargs)
+        prepared = {}
+        for k, v in images.items():
+            if not isinstance(v, torch.Tensor):
+                continue
+            v = v[: min(v.shape[0], self.max_images)].detach().float().cpu()
+            prepared[k] = v.clamp(-1.0, 1.0) if self.clamp else v
+        self.log_local(pl_module.logger.save_dir if pl_module.logger else pl_module.trainer.default_root_dir,
+                       split, prepared, pl_module.global_step, pl_module.current_epoch, batch_idx)
+        if was_training:
+            pl_module.train()
+
+    def check_frequency(self, check_idx: int) -> bool:
+        if ((check_idx % self.batch_freq) == 0 or (check_idx in self.log_steps)) and (check_idx > 0 or self.log_first_step):
+            if self.log_steps and check_idx in self.log_steps:
+                self.log_steps.remove(check_idx)
+            return True
+        return False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not self.disabled and (pl_module.global_step > 0 or self.log_first_step):
+            self.log_img(pl_module, batch, batch_idx, split="train")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if not self.disabled and pl_module.global_step > 0:
+            self.log_img(pl_module, batch, batch_idx, split="val")
+
+
+class CUDACallback(pl.Callback):
+    """Logs epoch time and peak CUDA memory; does nothing on other accelerators."""
+
+    def _on_cuda(self, trainer: pl.Trainer) -> bool:
+        return trainer.strategy.root_device.type == "cuda"
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self._on_cuda(trainer):
+            torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
+            torch.cuda.synchronize(trainer.strategy.root_device)
+        self.start_time = time.time()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if not self._on_cuda(trainer):
+            return
+        torch.cuda.synchronize(trainer.strategy.root_device)
+        max_memory = torch.cuda.max_memory_allocated(trainer.strategy.root_device) / 2 ** 20
+        epoch_time = time.time() - self.start_time
+        max_memory = trainer.strategy.reduce(max_memory)
+        epoch_time = trainer.strategy.reduce(epoch_time)
+        if trainer.global_rank == 0:
+            logger.info("Average epoch time: %.2f seconds; average peak memory %.2f MiB", epoch_time, max_memory)
+
+
+class SignalCheckpoint(pl.Callback):
+    """On SIGUSR1, write ``last.ckpt`` at the end of the current batch, then keep training."""
+
+    def __init__(self, ckptdir: str, signum: int = getattr(signal, "SIGUSR1", 10)):
+        super().__init__()
+        self.ckptdir = ckptdir  # where last.ckpt goes
+        self.requested = False
+        self.signum = signum  # the signal that asks for a checkpoint
+
+    def setup(self, trainer, pl_module, stage):
+        if hasattr(signal, "SIGUSR1"):
+            signal.signal(self.signum, self._request)
+
+    def _request(self, *args: Any) -> None:
+        self.requested = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.requested:
+            self.requested = False
+            path = os.path.join(self.ckptdir, "last.ckpt")
+            logger.info("Signal received: saving checkpoint to %s", path)
+            trainer.save_checkpoint(path)

@@ -1,0 +1,331 @@
+"""Train autoencoders and latent diffusion models from YAML configs with PyTorch Lightning 2.x.
+
+    python main.py --base configs/latent-diffusion/<config>.yaml -t --gpus 0,
+    python main.py --base configs/demo/ldm_shapes_cond.yaml -t --accelerator cpu lightning.trainer.max_steps=100
+    python main.py --resume logs/<timestamp>_<name>          # continue a run from its last.ckpt
+
+Several ``--base`` configs are merged in order; trailing ``key=value`` arguments override single entries.
+A run writes ``logs/<timestamp>_<name>/`` with ``checkpoints/`` (``last.ckpt`` and the monitored best),
+``configs/`` (the merged project and lightning configs) and ``images/train``, ``images/val``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import inspect
+import logging
+import os
+import shutil
+import sys
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning import seed_everything
+from pytorch_lightning.trainer import Trainer
+
+from ldm.callbacks import (AtomicCheckpointIO, CUDACallback, ImageLogger, SetupCallback,  # noqa: F401 (config targets)
+                           SignalCheckpoint)
+from ldm.data.datamodule import DataModuleFromConfig, WrappedDataset  # noqa: F401 (config targets)
+from ldm.util import ConfigError, instantiate_from_config
+
+logger = logging.getLogger("main")
+
+#: Trainer options that can be given on the command line as well as in ``lightning.trainer``.
+TRAINER_FLAGS = ("accelerator", "devices", "strategy", "num_nodes", "precision", "max_steps", "max_epochs")
+
+
+class UsageError(SystemExit):
+    """A bad command line or config, reported before any training starts."""
+
+    def __init__(self, message: str):
+        super().__init__(f"main.py: error: {message}")
+
+
+def str2bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if v.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected (true/false, yes/no, 1/0); got {v!r}")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", "--name", type=str, const=True, default="", nargs="?", help="postfix for logdir")
+    parser.add_argument("-r", "--resume", type=str, const=True, default="", nargs="?",
+                        help="resume from a logdir or a checkpoint in a logdir")
+    parser.add_argument("-b", "--base", nargs="*", metavar="base_config.yaml", default=list(),
+                        help="paths to base configs, loaded from left to right; "
+                             "parameters can be overwritten or added with command-line options of the form `--key value`.")
+    parser.add_argument("-t", "--train", type=str2bool, const=True, default=False, nargs="?", help="train")
+    parser.add_argument("--no-test", type=str2bool, const=True, default=False, nargs="?", help="disable test")
+    parser.add_argument("-p", "--project", help="name of new or path to existing project")
+    parser.add_argument("-d", "--debug", type=str2bool, nargs="?", const=True, default=False,
+                        help="enable post-mortem debugging (the run directory moves to debug_runs/)")
+    parser.add_argument("-s", "--seed", type=int, default=23, help="seed for seed_everything")
+    parser.add_argument("-f", "--postfix", type=str, default="", help="post-postfix for default name")
+    parser.add_argument("-l", "--logdir", type=str, default="logs", help="directory for logging data")
+    parser.add_argument("--scale_lr", type=str2bool, nargs="?", const=True, default=True,
+                        help="scale base-lr by ngpu * batch_size * n_accumulate")
+    trainer = parser.add_argument_group("trainer", "Lightning Trainer options (override lightning.trainer.*)")
+    trainer.add_argument("--gpus", type=str, default=None,
+                         help="CUDA devices as in the original: '0,' for GPU 0, '0,1' for two GPUs")
+    trainer.add_argument("--accelerator", type=str, default=None, help="cpu, gpu, cuda, mps or auto")
+    trainer.add_argument("--devices", type=str, default=None, help="number of devices, or a list like '0,1'")
+    trainer.add_argument("--strategy", type=str, default=None, help="auto, ddp, ddp_spawn, fsdp, ...")
+    trainer.add_argument("--num_nodes", type=int, default=None, help="number of nodes for multi-node training")
+    trainer.add_argument("--precision", type=str, default=None, help="32, 16-mixed, bf16-mixed, ...")
+    trainer.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
+    trainer.add_argument("--max_epochs", type=int, default=None, help="stop after this many epochs")
+    return parser
+
+
+def parse_devices(value: Any) -> Any:
+    """'0,' -> [0]; '0,1' -> [0, 1]; '2' -> 2; 'auto' -> 'auto'."""
+    if isinstance(value, (int, list)) or value is None:
+        return value
+    text = str(value).strip()
+    if text in ("auto", "-1"):
+        return "auto" if text == "auto" else -1
+    if "," in text:
+        try:
+            return [int(p) for p in text.split(",") if p.strip()]
+        except ValueError:
+            raise UsageError(f"devices must be a count or a comma-separated list of ids like '0,1'; got {value!r}")
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"devices must be a count or a comma-separated list of ids like '0,1'; got {value!r}")
+
+
+def parse_overrides(unknown: list[str]) -> DictConfig:
+    """Trailing ``key=value`` arguments; anything else is an unknown flag."""
+    for arg in unknown:
+        if arg.startswith("-"):
+            raise UsageError(f"unknown option {arg!r}; see `python main.py --help` "
+                             f"(config values are set as key=value, e.g. lightning.trainer.max_steps=100)")
+        if "=" not in arg:
+            raise UsageError(f"unexpected argument {arg!r}: config overrides take the form key=value")
+    return OmegaConf.from_dotlist(unknown)
+
+
+def resolve_run_dirs(opt: argparse.Namespace, now: str) -> tuple[str, str, str]:
+    """Returns ``(logdir, nowname, ckpt)``; fills ``opt.base`` with the run's configs when resuming."""
+    if opt.name and opt.resume:
+        raise UsageError("-n/--name and -r/--resume cannot be given together. If you want to resume training "
+                         "in a new log folder, use -n/--name with the base configs of the old run.")
+    if opt.resume:
+        if not os.path.exists(opt.resume):
+            raise UsageError(f"cannot resume: {opt.resume!r} does not exist (give a run directory under logs/ "
+                             f"or a checkpoint inside one)")
+        if os.path.isfile(opt.resume):
+            ckpt = opt.resume
+            parts = os.path.normpath(opt.resume).split(os.sep)
+            if "checkpoints" not in parts:
+                raise UsageError(f"cannot resume from {opt.resume!r}: the checkpoint must lie in a run's "
+                                 f"checkpoints/ folder so that its configs can be found")
+            logdir = os.sep.join(parts[: len(parts) - 1 - parts[::-1].index("checkpoints")])
+        else:
+            logdir = opt.resume.rstrip("/")
+            ckpt = os.path.join(logdir, "checkpoints", "last.ckpt")
+            if not os.path.isfile(ckpt):
+                raise UsageError(f"cannot resume from {logdir!r}: {ckpt} does not exist")
+        base_configs = sorted(glob.glob(os.path.join(logdir, "configs", "*.yaml")))
+        opt.base = base_configs + opt.base
+        nowname = os.path.basename(os.path.normpath(logdir))
+        return logdir, nowname, ckpt
+    if opt.name:
+        name = "_" + opt.name
+    elif opt.base:
+        name = "_" + os.path.splitext(os.path.basename(opt.base[0]))[0]
+    else:
+        name = ""
+    nowname = now + name + opt.postfix
+    return os.path.join(opt.logdir, nowname), nowname, ""
+
+
+def load_configs(paths: list[str], overrides: DictConfig) -> DictConfig:
+    if not paths:
+        raise UsageError("no config given: pass one or more with --base configs/<...>.yaml")
+    configs = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise UsageError(f"config file {path!r} does not exist")
+        try:
+            configs.append(OmegaConf.load(path))
+        except Exception as err:  # noqa: BLE001 - any parse error becomes a usage error naming the file
+            raise UsageError(f"config file {path!r} is not valid YAML: {err}")
+    return OmegaConf.merge(*configs, overrides)
+
+
+def build_trainer_config(opt: argparse.Namespace, lightning_config: DictConfig) -> tuple[DictConfig, int]:
+    """Merge ``lightning.trainer`` with command-line flags; returns the config and the device count."""
+    trainer_config = lightning_config.get("trainer", OmegaConf.create())
+    for flag in TRAINER_FLAGS:
+        value = getattr(opt, flag)
+        if value is not None:
+            trainer_config[flag] = value
+    gpus = opt.gpus if opt.gpus is not None else trainer_config.pop("gpus", None)
+    trainer_config.pop("gpus", None)
+    if gpus is not None and str(gpus).strip() not in ("", "None", "0"):
+        devices = parse_devices(gpus if "," in str(gpus) else int(gpus))
+        if not torch.cuda.is_available():
+            raise UsageError(f"--gpus {gpus} asks for CUDA devices, but CUDA is not available here; "
+                             f"train on the CPU with --accelerator cpu (or leave --gpus out)")
+        trainer_config["accelerator"] = "gpu"
+        trainer_config["devices"] = devices
+    if "devices" in trainer_config:
+        trainer_config["devices"] = parse_devices(trainer_config["devices"])
+    trainer_config.setdefault("accelerator", "auto")
+    allowed = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+    unknown = sorted(set(trainer_config) - allowed)
+    if unknown:
+        raise UsageError(f"unknown trainer option(s) {', '.join(map(repr, unknown))} in lightning.trainer "
+                         f"(or the command line); pytorch-lightning {pl.__version__} Trainer accepts: "
+                         f"{', '.join(sorted(allowed))}")
+    devices = trainer_config.get("devices", 1)
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        n_devices = len(devices)
+    elif isinstance(devices, int) and devices > 0:
+        n_devices = devices
+    else:
+        n_devices = max(torch.cuda.device_count(), 1) if trainer_config["accelerator"] in ("gpu", "cuda") else 1
+    if n_devices > 1 and "strategy" not in trainer_config:
+        trainer_config["strategy"] = "ddp"
+    return trainer_config, n_devices
+
+
+def make_logger(logdir: str, lightning_config: DictConfig) -> Any:
+    if "logger" in lightning_config:
+        cfg = OmegaConf.merge({"params": {"save_dir": logdir}}, lightning_config.logger)
+        return instantiate_from_config(cfg)
+    try:
+        import tensorboard  # noqa: F401
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(save_dir=logdir, name="tensorboard", version="")
+    except ImportError:
+        from pytorch_lightning.loggers import CSVLogger
+
+        return CSVLogger(save_dir=logdir, name="csv", version="")
+
+
+def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, model) -> list[pl.Callback]:
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    default_ckpt = {"dirpath": ckptdir, "filename": "{epoch:06}", "verbose": True, "save_last": True}
+    if getattr(model, "monitor", None):
+        default_ckpt.update(monitor=model.monitor, save_top_k=3)
+    ckpt_cfg = OmegaConf.merge(default_ckpt, lightning_config.get("modelcheckpoint", {}).get("params", {}))
+    callbacks: list[pl.Callback] = [ModelCheckpoint(**OmegaConf.to_container(ckpt_cfg))]
+    defaults = {
+        "setup_callback": {"target": "ldm.callbacks.SetupCallback",
+                           "params": {"resume": opt.resume, "now": now, "logdir": logdir, "ckptdir": ckptdir,
+                                      "cfgdir": cfgdir, "config": config, "lightning_config": lightning_config}},
+        "image_logger": {"target": "ldm.callbacks.ImageLogger",
+                         "params": {"batch_frequency": 750, "max_images": 4, "clamp": True}},
+        "learning_rate_logger": {"target": "pytorch_lightning.callbacks.LearningRateMonitor",
+                                 "params": {"logging_interval": "step"}},
+        "cuda_callback": {"target": "ldm.callbacks.CUDACallback"},
+        "signal_checkpoint": {"target": "ldm.callbacks.SignalCheckpoint", "params": {"ckptdir": ckptdir}},
+    }
+    user = lightning_config.get("callbacks", OmegaConf.create())
+    if "metrics_over_trainsteps_checkpoint" in user:
+        defaults["metrics_over_trainsteps_checkpoint"] = {
+            "target": "pytorch_lightning.callbacks.ModelCheckpoint",
+            "params": {"dirpath": os.path.join(ckptdir, "trainstep_checkpoints"),
+                       "filename": "{epoch:06}-{step:09}", "verbose": True, "save_top_k": -1,
+                       "every_n_train_steps": 10000, "save_weights_only": True}}
+    merged = OmegaConf.merge(OmegaConf.create({k: v for k, v in defaults.items() if k != "setup_callback"}), user)
+    callbacks.append(SetupCallback(**defaults["setup_callback"]["params"]))
+    for key in merged:
+        cfg = merged[key]
+        if cfg.get("target") == "main.ImageLogger":
+            cfg.target = "ldm.callbacks.ImageLogger"
+        callbacks.append(instantiate_from_config(cfg))
+    _ = LearningRateMonitor  # imported for the default config target
+    return callbacks
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+    sys.path.append(os.getcwd())
+    parser = get_parser()
+    opt, unknown = parser.parse_known_args(argv)
+    overrides = parse_overrides(unknown)
+    logdir, nowname, ckpt = resolve_run_dirs(opt, now)
+    ckptdir = os.path.join(logdir, "checkpoints")
+    cfgdir = os.path.join(logdir, "configs")
+    seed_everything(opt.seed, workers=True)
+
+    config = load_configs(opt.base, overrides)
+    lightning_config = config.pop("lightning", OmegaConf.create())
+    trainer_config, n_devices = build_trainer_config(opt, lightning_config)
+    lightning_config.trainer = trainer_config
+    if "model" not in config:
+        raise UsageError(f"the merged config of {opt.base} has no 'model' section")
+    if opt.train and "data" not in config:
+        raise UsageError(f"the merged config of {opt.base} has no 'data' section: training needs one "
+                         f"(see configs/demo/ for small examples)")
+
+    # Data first: a missing data path fails here, before the model is built.
+    data = None
+    if "data" in config:
+        data = instantiate_from_config(config.data)
+        data.prepare_data()
+        data.setup(stage="fit" if opt.train else "test")
+        for name, dataset in data.datasets.items():
+            logger.info("%s: %s with %d examples", name, dataset.__class__.__name__, len(dataset))
+
+    model = instantiate_from_config(config.model)
+
+    trainer_kwargs = {
+        "logger": make_logger(logdir, lightning_config),
+        "callbacks": make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, model),
+        "plugins": [AtomicCheckpointIO()],
+        "default_root_dir": logdir,
+    }
+    trainer = Trainer(**OmegaConf.to_container(trainer_config, resolve=True), **trainer_kwargs)
+    trainer.logdir = logdir
+
+    base_lr = config.model.get("base_learning_rate", getattr(model, "learning_rate", 1.0e-4))
+    if data is not None and opt.scale_lr:
+        bs = config.data.params.batch_size
+        accumulate = trainer_config.get("accumulate_grad_batches", 1) or 1
+        n_nodes = trainer_config.get("num_nodes", 1) or 1
+        model.learning_rate = accumulate * n_devices * n_nodes * bs * base_lr
+        if trainer.global_rank == 0:
+            logger.info("Setting learning rate to %.2e = %d (accumulate_grad_batches) * %d (num_devices) * "
+                        "%d (num_nodes) * %d (batchsize) * %.2e (base_lr)",
+                        model.learning_rate, accumulate, n_devices, n_nodes, bs, base_lr)
+    else:
+        model.learning_rate = base_lr
+        logger.info("Using base learning rate %.2e (no scaling)", base_lr)
+
+    try:
+        if opt.train:
+            trainer.fit(model, data, ckpt_path=ckpt or None)
+        if not opt.no_test and not trainer.interrupted and data is not None and "test" in data.dataset_configs:
+            trainer.test(model, data)
+    finally:
+        if opt.debug and not opt.resume and trainer.global_rank == 0 and os.path.isdir(logdir):
+            dst = os.path.join(os.path.dirname(os.path.dirname(logdir)) or ".", "debug_runs", nowname)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.move(logdir, dst)
+
+
+def cli() -> None:
+    try:
+        main()
+    except ConfigError as err:
+        raise SystemExit(f"main.py: config error: {err}")
+
+
+if __name__ == "__main__":
+    cli()
