@@ -1,0 +1,278 @@
+"""Shared pieces of the data package (latent diffusion, Rombach et al., CVPR 2022).
+
+- ``Txt2ImgIterableBaseDataset``: the original's abstract iterable dataset (``num_records``,
+  ``valid_ids``, ``sample_ids``, ``size``), which the data module splits across loader workers.
+- Image helpers: reading a file with an error that names it, square crops, resizing, and conversion
+  to the batch format every model's ``get_input`` expects: ``(H, W, C)`` float32 in [-1, 1].
+- ``LabelColumns``: per-example label columns as a dataset (no images).
+- ``ImagePaths``: a list of image files as a dataset (rescale the smallest side, crop, label columns),
+  as taming-transformers' ``ImagePaths`` which the original ImageNet and FFHQ datasets used.
+
+Random choices (crops, flips) draw from torch's global generator, which the DataLoader seeds
+differently in each worker process, so augmentations differ across workers without extra care.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, IterableDataset
+
+logger = logging.getLogger(__name__)
+
+#: The repository checkout; relative data paths of the original configs (``data/lsun/...``) are
+#: looked up in the working directory first, then here.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: File endings read as images when a folder is scanned.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif")
+
+#: Resampling filters by the names configs use. "area" is PIL's box filter, the closest match of
+#: OpenCV's INTER_AREA; "linear" is the original LSUN dataset's alias of bilinear.
+RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "linear": Image.Resampling.BILINEAR,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "area": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+class ImageReadError(OSError):
+    """An image file that exists but cannot be decoded; the message names the file."""
+
+
+def resampling(name: str) -> Image.Resampling:
+    """The PIL filter called ``name``; raises naming the allowed names."""
+    if name not in RESAMPLING:
+        raise ValueError(f"interpolation must be one of {', '.join(RESAMPLING)}; got {name!r}")
+    return RESAMPLING[name]
+
+
+def resolve_path(path: str | os.PathLike) -> str:
+    """``path`` itself when it exists or is absolute, else the same relative path inside the repository
+    when it exists there, else ``path`` unchanged (the caller reports it as missing)."""
+    path = os.fspath(path)
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    in_repo = REPO_ROOT / path
+    return str(in_repo) if in_repo.exists() else path
+
+
+def read_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """The non-empty lines of the text file ``path``; a missing file raises ``FileNotFoundError`` that
+    names it and says, through ``what``, what the file should contain."""
+    resolved = resolve_path(path)
+    if not os.path.isfile(resolved):
+        raise FileNotFoundError(f"file list {os.fspath(path)!r} not found (looked in {os.getcwd()!r} and "
+                                f"{str(REPO_ROOT)!r}); it should contain {what}")
+    with open(resolved, "r", encoding="utf-8") as f:
+        return [line.strip() for line in f.read().splitlines() if line.strip()]
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Read ``path`` as an RGB PIL image, decoding it fully so that a truncated file fails here."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file {path!r} not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB") if img.mode != "RGB" else img.copy()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ImageReadError(f"cannot read image {path!r}: {err}") from err
+
+
+def load_image_array(path: str | os.PathLike) -> np.ndarray:
+    """Read ``path`` as a ``(H, W, 3)`` uint8 array. ``.npy`` files hold one image as ``(1, 3, H, W)``
+    or ``(3, H, W)`` uint8 (the CelebA-HQ layout of taming-transformers) or ``(H, W, 3)``."""
+    path = os.fspath(path)
+    if not path.lower().endswith(".npy"):
+        return np.asarray(load_image(path), dtype=np.uint8)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file {path!r} not found")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ImageReadError(f"cannot read image {path!r}: {err}") from err
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
+        arr = arr.transpose(1, 2, 0)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ImageReadError(f"cannot read image {path!r}: expected an array of shape (1, 3, H, W), (3, H, W) "
+                             f"or (H, W, 3); got {arr.shape}")
+    return np.ascontiguousarray(arr.astype(np.uint8))
+
+
+def to_float(image: np.ndarray) -> np.ndarray:
+    """uint8 values in [0, 255] -> float32 in [-1, 1] (the original's ``image / 127.5 - 1``)."""
+    return (image / 127.5 - 1.0).astype(np.float32)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Inverse of ``to_float``: float in [-1, 1] -> uint8, clipped."""
+    return np.clip((np.asarray(image) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def random_float(low: float, high: float) -> float:
+    """A uniform number in [low, high) from torch's global generator."""
+    return low + (high - low) * float(torch.rand(()))
+
+
+def random_int(high: int) -> int:
+    """A uniform integer in [0, high) from torch's global generator (0 when ``high`` <= 1)."""
+    return int(torch.randint(high, ())) if high > 1 else 0
+
+
+def center_crop_square(image: np.ndarray) -> np.ndarray:
+    """The largest centred square of an ``(H, W, ...)`` array, cut as the original LSUN dataset did."""
+    h, w = image.shape[:2]
+    side = min(h, w)
+    return image[(h - side) // 2:(h + side) // 2, (w - side) // 2:(w + side) // 2]
+
+
+def crop(image: np.ndarray, height: int, width: int, random_crop: bool = False) -> np.ndarray:
+    """A ``height x width`` window of ``image``: centred, or at a random offset when ``random_crop``."""
+    h, w = image.shape[:2]
+    if height > h or width > w:
+        raise ValueError(f"crop of {height}x{width} does not fit into an image of {h}x{w}")
+    if random_crop:
+        top, left = random_int(h - height + 1), random_int(w - width + 1)
+    else:
+        top, left = (h - height) // 2, (w - width) // 2
+    return image[top:top + height, left:left + width]
+
+
+def resize(image: np.ndarray, height: int, width: int, interpolation: str = "bicubic") -> np.ndarray:
+    """Resize a uint8 ``(H, W, C)`` array with the named PIL filter."""
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), resample=resampling(interpolation)))
+
+
+def resize_smallest_side(image: np.ndarray, size: int, interpolation: str = "bicubic") -> np.ndarray:
+    """Scale a uint8 ``(H, W, C)`` array so that its smaller side is ``size`` (keeps the aspect ratio)."""
+    h, w = image.shape[:2]
+    scale = size / min(h, w)
+    new_h, new_w = max(size, int(round(h * scale))), max(size, int(round(w * scale)))
+    return resize(image, new_h, new_w, interpolation)
+
+
+def maybe_flip(image: np.ndarray, flip_p: float) -> np.ndarray:
+    """Mirror left-right with probability ``flip_p``."""
+    if flip_p > 0 and float(torch.rand(())) < flip_p:
+        return np.ascontiguousarray(image[:, ::-1])
+    return image
+
+
+def list_images(root: str | os.PathLike, recursive: bool = True) -> list[str]:
+    """Sorted paths of the image files under ``root`` (relative to ``root``)."""
+    root = os.fspath(root)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
+                found.append(os.path.relpath(os.path.join(dirpath, name), root))
+        if not recursive:
+            break
+    return found
+
+
+def check_size(size: int | None, name: str = "size") -> None:
+    """Raise unless ``size`` is None or a positive integer."""
+    if size is not None and (not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size <= 0):
+        raise ValueError(f"{name} must be a positive integer or None; got {size!r}")
+
+
+class LabelColumns(Dataset):
+    """Per-example columns without images: item i is a dict with the i-th entry of each column."""
+
+    def __init__(self, labels: Mapping[str, Sequence[Any]]):  # column name -> values, all of one length
+        self.labels = {k: list(v) for k, v in labels.items()}
+        lengths = {len(v) for v in self.labels.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"label columns must be non-empty and of one length; got lengths "
+                             f"{ {k: len(v) for k, v in self.labels.items()} }")
+        self._length = lengths.pop()
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {k: column[i] for k, column in self.labels.items()}
+
+
+class ImagePaths(Dataset):
+    """Images from a list of files: rescale the smaller side to ``size``, crop a ``size`` square, and
+    return ``image`` in [-1, 1] together with the i-th entry of every label column."""
+
+    def __init__(
+        self,
+        paths: Sequence[str],                        # image files (.npy files hold one uint8 image each)
+        size: int | None = None,                     # output side length; None keeps the file's size
+        random_crop: bool = False,                   # random instead of centred square crop
+        labels: Mapping[str, Sequence[Any]] | None = None,  # extra per-example columns, same length as paths
+        interpolation: str = "bilinear",             # filter used to rescale the smaller side
+    ):
+        check_size(size)
+        resampling(interpolation)
+        self.size = size
+        self.random_crop = random_crop
+        self.interpolation = interpolation
+        self.labels = {k: list(v) for k, v in (labels or {}).items()}
+        self.labels["file_path_"] = list(paths)
+        for key, column in self.labels.items():
+            if len(column) != len(paths):
+                raise ValueError(f"label column {key!r} has {len(column)} entries but there are {len(paths)} paths")
+        self._length = len(paths)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def preprocess_image(self, image_path: str) -> np.ndarray:
+        image = load_image_array(image_path)
+        if self.size is not None:
+            image = resize_smallest_side(image, self.size, self.interpolation)
+            image = crop(image, self.size, self.size, self.random_crop)
+        return to_float(image)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        example = {k: column[i] for k, column in self.labels.items()}
+        example["image"] = self.preprocess_image(example["file_path_"])
+        return example
+
+
+class Txt2ImgIterableBaseDataset(IterableDataset):
+    """Interface of the original's chainable iterable text-to-image datasets. ``DataModuleFromConfig``'s
+    worker init function gives each loader worker its own slice of ``valid_ids`` as ``sample_ids``."""
+
+    def __init__(
+        self,
+        num_records: int = 0,                        # number of examples in the dataset
+        valid_ids: Sequence[int] | None = None,      # ids of the usable records
+        size: int = 256,                             # image side length
+    ):
+        super().__init__()
+        self.num_records = num_records
+        self.valid_ids = valid_ids
+        self.sample_ids = valid_ids
+        self.size = size
+        logger.info("%s dataset contains %d examples.", self.__class__.__name__, len(self))
+
+    def __len__(self) -> int:
+        return self.num_records
+
+    @abstractmethod
+    def __iter__(self):
+        """Yield example dicts, drawing from ``self.sample_ids``."""

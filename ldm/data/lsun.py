@@ -1,0 +1,162 @@
+"""LSUN churches, bedrooms and cats (Yu et al. 2015) from local files, as the latent diffusion configs
+(Rombach et al., CVPR 2022) name them: ``ldm.data.lsun.LSUNChurchesTrain`` and friends.
+
+Each split reads a text file listing image paths relative to a data folder, with the original's
+default locations (``data/lsun/church_outdoor_train.txt`` and ``data/lsun/churches/``, ...). An image
+is centre-cropped to a square (the score-SDE preprocessing), resized to ``size`` and flipped with
+probability ``flip_p``; examples hold ``image``, ``relative_file_path_`` and ``file_path_``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ldm.data.base import (center_crop_square, check_size, load_image_array, maybe_flip, read_lines, resampling,
+                           resolve_path, to_float)
+
+#: Interpolation names the original accepted.
+INTERPOLATIONS = ("linear", "bilinear", "bicubic", "lanczos")
+
+
+class LSUNBase(Dataset):
+    """Images listed in ``txt_file`` (paths relative to ``data_root``)."""
+
+    def __init__(
+        self,
+        txt_file: str,                               # text file: one image path per line, relative to data_root
+        data_root: str,                              # folder holding the images
+        size: int | None = None,                     # output side length; None keeps the centre crop's size
+        interpolation: str = "bicubic",              # one of INTERPOLATIONS
+        flip_p: float = 0.5,                         # probability of a left-right flip
+    ):
+        check_size(size)
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}; got {interpolation!r}")
+        if not 0.0 <= flip_p <= 1.0:
+            raise ValueError(f"flip_p must be in [0, 1]; got {flip_p!r}")
+        self.data_paths = txt_file
+        self.image_paths = read_lines(txt_file, f"one image path per line, relative to the image folder "
+                                                f"{data_root!r} (for example the output of "
+                                                f"`find . -name '*.webp'` run inside it)")
+        self.data_root = resolve_path(data_root)
+        if not os.path.isdir(self.data_root):
+            raise FileNotFoundError(f"LSUN image folder {data_root!r} not found; it should hold the images listed "
+                                    f"in {txt_file!r}")
+        first = os.path.join(self.data_root, self.image_paths[0]) if self.image_paths else None
+        if first is None or not os.path.isfile(first):
+            raise FileNotFoundError(f"{txt_file!r} lists no images or its first entry {first!r} does not exist; "
+                                    f"its paths must be relative to {data_root!r}")
+        self._length = len(self.image_paths)
+        self.labels = {
+            "relative_file_path_": list(self.image_paths),
+            "file_path_": [os.path.join(self.data_root, p) for p in self.image_paths],
+        }
+        self.size = size
+        self.interpolation = interpolation
+        self.flip_p = flip_p
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        example = {k: column[i] for k, column in self.labels.items()}
+        image = center_crop_square(load_image_array(example["file_path_"]))
+        if self.size is not None:
+            image = np.asarray(Image.fromarray(image).resize((self.size, self.size),
+                                                             resample=resampling(self.interpolation)))
+        example["image"] = to_float(maybe_flip(image, self.flip_p))
+        return example
+
+
+class LSUNChurchesTrain(LSUNBase):
+    """The training split of LSUN churches (outdoor)."""
+
+    def __init__(
+        self,
+        txt_file: str = "data/lsun/church_outdoor_train.txt",  # image list
+        data_root: str = "data/lsun/churches",  # image folder
+        size: int | None = None,                     # output side length
+        interpolation: str = "bicubic",              # one of INTERPOLATIONS
+        flip_p: float = 0.5,                         # probability of a left-right flip
+    ):
+        super().__init__(txt_file=txt_file, data_root=data_root, size=size, interpolation=interpolation,
+                         flip_p=flip_p)
+
+
+class LSUNChurchesValidation(LSUNBase):
+    """The validation split of LSUN churches (outdoor), not flipped."""
+
+    def __init__(
+        self,
+        txt_file: str = "data/lsun/church_outdoor_val.txt",  # image list
+        data_root: str = "data/lsun/churches",  # image folder
+        size: int | None = None,                     # output side length
+        interpolation: str = "bicubic",              # one of INTERPOLATIONS
+        flip_p: float = 0.0,                         # probability of a left-right flip
+    ):
+        super().__init__(txt_file=txt_file, data_root=data_root, size=size, interpolation=interpolation,
+                         flip_p=flip_p)
+
+
+class LSUNBedroomsTrain(LSUNBase):
+    """The training split of LSUN bedrooms."""
+
+    def __init__(
+        self,
+        txt_file: str = "data/lsun/bedrooms_train.txt",  # image list
+        data_root: str = "data/lsun/bedrooms",  # image folder
+        size: int | None = None,                     # output side length
+        interpolation: str = "bicubic",              # one of INTERPOLATIONS
+        flip_p: float = 0.5,                         # probability of a left-right flip
+    ):
+        super().__init__(txt_file=txt_file, data_root=data_root, size=size, interpolation=interpolation,
+                         flip_p=flip_p)
+
+
+class LSUNBedroomsValidation(LSUNBase):
+    """The validation split of LSUN bedrooms, not flipped."""
+
+    def __init__(
+        self,
+        txt_file: str = "data/lsun/bedrooms_val.txt",  # image list
+        data_root: str = "data/lsun/bedrooms",  # image folder
+        size: int | None = None,                     # output side length
+        interpolation: str = "bicubic",              # one of INTERPOLATIONS
+        flip_p: float = 0.0,                         # probability of a left-right flip
+    ):
+        super().__init__(txt_file=txt_file, data_root=data_root, size=size, interpolation=interpolation,
+                         flip_p=flip_p)
+
+
+class LSUNCatsTrain(LSUNBase):
+    """The training split of LSUN cats."""
+
+    def __init__(
+        self,
+        txt_file: str = "data/lsun/cat_train.txt",  # image list
+        data_root: str = "data/lsun/cats",  # image folder
+        size: int | None = None,                     # output side length
+        interpolation: str = "bicubic",              # one of INTERPOLATIONS
+        flip_p: float = 0.5,                         # probability of a left-right flip
+    ):
+        super().__init__(txt_file=txt_file, data_root=data_root, size=size, interpolation=interpolation,
+                         flip_p=flip_p)
+
+
+class LSUNCatsValidation(LSUNBase):
+    """The validation split of LSUN cats, not flipped."""
+
+    def __init__(
+        self,
+        txt_file: str = "data/lsun/cat_val.txt",  # image list
+        data_root: str = "data/lsun/cats",  # image folder
+        size: int | None = None,                     # output side length
+        interpolation: str = "bicubic",              # one of INTERPOLATIONS
+        flip_p: float = 0.0,                         # probability of a left-right flip
+    ):
+        super().__init__(txt_file=txt_file, data_root=data_root, size=size, interpolation=interpolation,
+                         flip_p=flip_p)

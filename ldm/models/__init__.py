@@ -1,0 +1,1 @@
+"""Lightning models: the first-stage autoencoders and the diffusion models."""

@@ -1,0 +1,27 @@
+"""Import path of the diffusion models named by the configs (``ldm.models.diffusion.ddpm.*``).
+
+DDPM (Ho et al., NeurIPS 2020) in pixel space and latent diffusion (Rombach et al., CVPR 2022). The
+implementation is split by responsibility across this package; this module re-exports every class
+and helper the original ``ddpm.py`` defined, so configs and checkpoints keep resolving:
+
+- `schedule`: the noise schedule buffers and q / posterior formulas;
+- `wrapper`: `DiffusionWrapper`, routing the conditioning into the network;
+- `ddpm_module`: `DDPM`, the Lightning module (losses, ancestral sampling, EMA, optimisers);
+- `first_stage`, `patches`, `conditioning`: the latent-space parts of `LatentDiffusion`;
+- `latent_diffusion`: `LatentDiffusion`; `image_logging`: its `log_images`;
+- `layout`: `Layout2ImgDiffusion`.
+"""
+from ldm.models.diffusion.ddpm_module import DDPM, disabled_train, uniform_on_device
+from ldm.models.diffusion.latent_diffusion import LatentDiffusion
+from ldm.models.diffusion.layout import Layout2ImgDiffusion
+from ldm.models.diffusion.wrapper import CONDITIONING_KEYS, DiffusionWrapper
+
+__all__ = [
+    "CONDITIONING_KEYS",
+    "DDPM",
+    "DiffusionWrapper",
+    "LatentDiffusion",
+    "Layout2ImgDiffusion",
+    "disabled_train",
+    "uniform_on_device",
+]

@@ -1,0 +1,352 @@
+"""`DDPM`: the pixel-space denoising diffusion model as a Lightning module.
+
+"Denoising Diffusion Probabilistic Models" (Ho et al., NeurIPS 2020): training on the simple
+noise-prediction loss (eq. 14) plus an optional weighted variational bound, and ancestral sampling
+(Algorithm 2). It is the base class of `LatentDiffusion` (Rombach et al., CVPR 2022), which runs the
+same process in the latent space of a first-stage autoencoder.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from einops import rearrange, repeat
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from ldm.checkpoint import load_state_dict
+from ldm.models.diffusion.schedule import GaussianDiffusionMixin, validate_parameterization
+from ldm.models.diffusion.wrapper import DiffusionWrapper
+from ldm.modules.diffusionmodules.util import noise_like
+from ldm.modules.ema import LitEma
+from ldm.util import count_params, instantiate_from_config
+
+logger = logging.getLogger(__name__)
+
+#: Accepted values of ``loss_type``.
+LOSS_TYPES = ("l1", "l2")
+
+#: Learning rate used when nothing (such as ``main.py``) sets ``model.learning_rate``.
+DEFAULT_LEARNING_RATE = 1.0e-4
+
+
+def log_info(msg: str, *args: Any) -> None:
+    """`logging.info` on the global rank 0 process only."""
+    if rank_zero_only.rank == 0:
+        logger.info(msg, *args)
+
+
+def disabled_train(self: nn.Module, mode: bool = True) -> nn.Module:
+    """Replacement for ``module.train`` that keeps a frozen module in eval mode whatever is asked."""
+    return self
+
+
+def uniform_on_device(r1: float, r2: float, shape: Sequence[int], device: torch.device | str) -> torch.Tensor:
+    """Uniform samples from the interval between ``r2`` and ``r1``, drawn on ``device``."""
+    return (r1 - r2) * torch.rand(*shape, device=device) + r2
+
+
+def drop_ignored_keys(sd: dict[str, torch.Tensor], ignore_keys: Sequence[str] | None) -> dict[str, torch.Tensor]:
+    """``sd`` without the keys that start with any prefix in ``ignore_keys``."""
+    prefixes = tuple(ignore_keys or ())
+    if not prefixes:
+        return sd
+    kept = {}
+    for k, v in sd.items():
+        if k.startswith(prefixes):
+            log_info("Deleting key %s from state_dict.", k)
+        else:
+            kept[k] = v
+    return kept
+
+
+class DDPM(GaussianDiffusionMixin, pl.LightningModule):
+    """Classic DDPM with Gaussian diffusion in image space (fixed variance schedule)."""
+
+    def __init__(
+        self,
+        unet_config: Mapping[str, Any],  # {target, params} of the denoising network
+        timesteps: int = 1000,  # number of diffusion steps T
+        beta_schedule: str = "linear",  # linear, cosine, sqrt_linear or sqrt (see make_beta_schedule)
+        loss_type: str = "l2",  # "l1" or "l2" distance between prediction and target
+        ckpt_path: str | None = None,  # checkpoint to initialise from (.ckpt, .pt or .safetensors)
+        ignore_keys: Sequence[str] | None = None,  # state-dict key prefixes to skip when loading ckpt_path
+        load_only_unet: bool = False,  # load ckpt_path into the wrapped network (`self.model`) only
+        monitor: str | None = "val/loss",  # metric name for checkpointing callbacks
+        use_ema: bool = True,  # keep an exponential moving average of the network weights
+        first_stage_key: str = "image",  # batch key of the images
+        image_size: int = 256,  # spatial size of the generated samples
+        channels: int = 3,  # channels of the generated samples
+        log_every_t: int = 100,  # keep every this many steps of a sampling chain for logging
+        clip_denoised: bool = True,  # clamp the predicted x_0 to [-1, 1] while sampling
+        linear_start: float = 1e-4,  # first beta of the linear-type schedules
+        linear_end: float = 2e-2,  # last beta of the linear-type schedules
+        cosine_s: float = 8e-3,  # offset s of the cosine schedule (Nichol & Dhariwal)
+        given_betas: Sequence[float] | None = None,  # explicit betas; overrides beta_schedule and timesteps
+        original_elbo_weight: float = 0.0,  # weight of the variational-bound term in the loss
+        v_posterior: float = 0.0,  # posterior variance sigma^2 = (1 - v) * beta_tilde + v * beta
+        l_simple_weight: float = 1.0,  # weight of the simple (unweighted) loss
+        conditioning_key: str | None = None,  # None, "concat", "crossattn", "hybrid" or "adm"
+        parameterization: str = "eps",  # network predicts "eps" (the noise) or "x0" (the clean sample)
+        scheduler_config: Mapping[str, Any] | None = None,  # {target, params} of an ldm.lr_scheduler object
+        use_positional_encodings: bool = False,  # kept for config compatibility; unused in pixel space
+        learn_logvar: bool = False,  # learn a per-timestep log-variance weighting of the loss
+        logvar_init: float = 0.0,  # initial value of that log-variance
+    ) -> None:
+        super().__init__()
+        self.parameterization = validate_parameterization(parameterization)
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}; got {loss_type!r}")
+        log_info("%s: Running in %s-prediction mode", self.__class__.__name__, self.parameterization)
+        self.cond_stage_model = None
+        self.clip_denoised = clip_denoised
+        self.log_every_t = log_every_t
+        self.first_stage_key = first_stage_key
+        self.image_size = image_size
+        self.channels = channels
+        self.use_positional_encodings = use_positional_encodings
+        self.model = DiffusionWrapper(unet_config, conditioning_key)
+        count_params(self.model, verbose=True)
+        self.use_ema = use_ema
+        if self.use_ema:
+            self.model_ema = LitEma(self.model)
+            log_info("Keeping EMAs of %d.", len(list(self.model_ema.buffers())))
+
+        self.use_scheduler = scheduler_config is not None
+        self.scheduler_config = scheduler_config
+        self.learning_rate = DEFAULT_LEARNING_RATE
+
+        self.v_posterior = v_posterior
+        self.original_elbo_weight = original_elbo_weight
+        self.l_simple_weight = l_simple_weight
+
+        if monitor is not None:
+            self.monitor = monitor
+        if ckpt_path is not None:
+            self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys, only_model=load_only_unet)
+
+        self.register_schedule(given_betas=given_betas, beta_schedule=beta_schedule, timesteps=timesteps,
+                               linear_start=linear_start, linear_end=linear_end, cosine_s=cosine_s)
+
+        self.loss_type = loss_type
+
+        # per-timestep log-variance of the loss weighting: a parameter when learned, otherwise a
+        # non-persistent buffer (so it follows the device but stays out of the state dict, as originally)
+        self.learn_logvar = learn_logvar
+        logvar = torch.full(fill_value=logvar_init, size=(self.num_timesteps,))
+        if self.learn_logvar:
+            self.logvar = nn.Parameter(logvar, requires_grad=True)
+        else:
+            self.register_buffer("logvar", logvar, persistent=False)
+
+    # ------------------------------------------------------------------ weights
+    @contextmanager
+    def ema_scope(self, context: str | None = None) -> Iterator[None]:
+        """Within the block the network holds its EMA weights (when ``use_ema``); restored afterwards."""
+        if self.use_ema:
+            self.model_ema.store(self.model.parameters())
+            self.model_ema.copy_to(self.model)
+            if context is not None:
+                log_info("%s: Switched to EMA weights", context)
+        try:
+            yield None
+        finally:
+            if self.use_ema:
+                self.model_ema.restore(self.model.parameters())
+                if context is not None:
+                    log_info("%s: Restored training weights", context)
+
+    def init_from_ckpt(self, path: str, ignore_keys: Sequence[str] | None = None, only_model: bool = False) -> None:
+        """Load a checkpoint non-strictly (after dropping ``ignore_keys`` prefixes) and log what was missing."""
+        sd = drop_ignored_keys(load_state_dict(path), ignore_keys)
+        target = self.model if only_model else self
+        missing, unexpected = target.load_state_dict(sd, strict=False)
+        log_info("Restored from %s with %d missing and %d unexpected keys", path, len(missing), len(unexpected))
+        if missing:
+            log_info("Missing Keys: %s", missing)
+        if unexpected:
+            log_info("Unexpected Keys: %s", unexpected)
+
+    # ------------------------------------------------------------------ reverse process
+    def p_mean_variance(self, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool):
+        """Mean and variance of p(x_{t-1} | x_t): the posterior around the network's x_0 estimate."""
+        model_out = self.model(x, t)
+        if self.parameterization == "eps":
+            x_recon = self.predict_start_from_noise(x, t=t, noise=model_out)
+        else:
+            x_recon = model_out
+        if clip_denoised:
+            x_recon.clamp_(-1.0, 1.0)
+        return self.q_posterior(x_start=x_recon, x_t=x, t=t)
+
+    @torch.no_grad()
+    def p_sample(self, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool = True,
+                 repeat_noise: bool = False) -> torch.Tensor:
+        """One ancestral step x_t -> x_{t-1} (Ho et al., Algorithm 2); no noise at t = 0."""
+        b = x.shape[0]
+        model_mean, _, model_log_variance = self.p_mean_variance(x=x, t=t, clip_denoised=clip_denoised)
+        noise = noise_like(x.shape, x.device, repeat_noise)
+        nonzero_mask = (1 - (t == 0).float()).reshape(b, *((1,) * (len(x.shape) - 1)))
+        return model_mean + nonzero_mask * (0.5 * model_log_variance).exp() * noise
+
+    @torch.no_grad()
+    def p_sample_loop(self, shape: Sequence[int], return_intermediates: bool = False, verbose: bool = True):
+        """Ancestral sampling from pure noise of ``shape``; one `torch.randn` per step, as the original."""
+        device = self.betas.device
+        b = shape[0]
+        img = torch.randn(shape, device=device)
+        intermediates = [img]
+        for i in tqdm(reversed(range(0, self.num_timesteps)), desc="Sampling t", total=self.num_timesteps,
+                      disable=not verbose):
+            img = self.p_sample(img, torch.full((b,), i, device=device, dtype=torch.long),
+                                clip_denoised=self.clip_denoised)
+            if i % self.log_every_t == 0 or i == self.num_timesteps - 1:
+                intermediates.append(img)
+        if return_intermediates:
+            return img, intermediates
+        return img
+
+    @torch.no_grad()
+    def sample(self, batch_size: int = 16, return_intermediates: bool = False):
+        """``batch_size`` samples of shape (channels, image_size, image_size)."""
+        return self.p_sample_loop((batch_size, self.channels, self.image_size, self.image_size),
+                                  return_intermediates=return_intermediates)
+
+    # ------------------------------------------------------------------ training objective
+    def get_loss(self, pred: torch.Tensor, target: torch.Tensor, mean: bool = True) -> torch.Tensor:
+        """The l1 or l2 distance, averaged when ``mean`` else element-wise."""
+        if self.loss_type == "l1":
+            loss = (target - pred).abs()
+            return loss.mean() if mean else loss
+        return torch.nn.functional.mse_loss(target, pred, reduction="mean" if mean else "none")
+
+    def _target(self, x_start: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return noise if self.parameterization == "eps" else x_start
+
+    def p_losses(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None):
+        """Simple loss plus ``original_elbo_weight`` times the weighted bound; returns (loss, loss_dict)."""
+        if noise is None:
+            noise = torch.randn_like(x_start)
+        x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
+        model_out = self.model(x_noisy, t)
+        target = self._target(x_start, noise)
+
+        loss = self.get_loss(model_out, target, mean=False).mean(dim=[1, 2, 3])  # (B,)
+        log_prefix = "train" if self.training else "val"
+        loss_dict = {f"{log_prefix}/loss_simple": loss.mean()}
+        loss_simple = loss.mean() * self.l_simple_weight
+        loss_vlb = (self.lvlb_weights[t] * loss).mean()
+        loss_dict[f"{log_prefix}/loss_vlb"] = loss_vlb
+        loss = loss_simple + self.original_elbo_weight * loss_vlb
+        loss_dict[f"{log_prefix}/loss"] = loss
+        return loss, loss_dict
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any):
+        t = torch.randint(0, self.num_timesteps, (x.shape[0],), device=x.device).long()
+        return self.p_losses(x, t, *args, **kwargs)
+
+    def get_input(self, batch: Mapping[str, Any], k: str) -> torch.Tensor:
+        """``batch[k]`` as a float (B, C, H, W) tensor; the data loaders deliver (B, H, W[, C])."""
+        x = batch[k]
+        if len(x.shape) == 3:
+            x = x[..., None]
+        x = rearrange(x, "b h w c -> b c h w")
+        return x.to(memory_format=torch.contiguous_format).float()
+
+    def shared_step(self, batch: Mapping[str, Any]):
+        x = self.get_input(batch, self.first_stage_key)
+        return self(x)
+
+    def _batch_size(self, batch: Mapping[str, Any]) -> int | None:
+        x = batch.get(self.first_stage_key) if isinstance(batch, Mapping) else None
+        return int(x.shape[0]) if isinstance(x, torch.Tensor) else None
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, loss_dict = self.shared_step(batch)
+        bs = self._batch_size(batch)
+        self.log_dict(loss_dict, prog_bar=True, logger=True, on_step=True, on_epoch=True, batch_size=bs)
+        self.log("global_step", float(self.global_step), prog_bar=True, logger=True, on_step=True, on_epoch=False,
+                 batch_size=bs)
+        if self.use_scheduler:
+            lr = self.optimizers().param_groups[0]["lr"]
+            self.log("lr_abs", lr, prog_bar=True, logger=True, on_step=True, on_epoch=False, batch_size=bs)
+        return loss
+
+    @torch.no_grad()
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """Logs the losses of the current weights and, under ``_ema`` names, of the EMA weights."""
+        bs = self._batch_size(batch)
+        _, loss_dict_no_ema = self.shared_step(batch)
+        with self.ema_scope():
+            _, loss_dict_ema = self.shared_step(batch)
+            loss_dict_ema = {key + "_ema": value for key, value in loss_dict_ema.items()}
+        self.log_dict(loss_dict_no_ema, prog_bar=False, logger=True, on_step=False, on_epoch=True, batch_size=bs)
+        self.log_dict(loss_dict_ema, prog_bar=False, logger=True, on_step=False, on_epoch=True, batch_size=bs)
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        if self.use_ema:
+            self.model_ema(self.model)
+
+    def _trainable_parameters(self) -> list[torch.Tensor]:
+        params = list(self.model.parameters())
+        if self.learn_logvar:
+            params.append(self.logvar)
+        return params
+
+    def configure_optimizers(self):
+        """AdamW at ``self.learning_rate``; with ``scheduler_config`` a per-step `LambdaLR` on top."""
+        opt = torch.optim.AdamW(self._trainable_parameters(), lr=self.learning_rate)
+        if not self.use_scheduler:
+            return opt
+        schedule = instantiate_from_config(self.scheduler_config, where="model.params.scheduler_config")
+        log_info("Setting up LambdaLR scheduler...")
+        scheduler = [{"scheduler": LambdaLR(opt, lr_lambda=schedule.schedule), "interval": "step", "frequency": 1}]
+        return [opt], scheduler
+
+    # ------------------------------------------------------------------ logging
+    def _get_rows_from_list(self, samples: Sequence[torch.Tensor]) -> torch.Tensor:
+        n_imgs_per_row = len(samples)
+        denoise_grid = rearrange(torch.stack(list(samples)), "n b c h w -> (b n) c h w")
+        return make_grid(denoise_grid, nrow=n_imgs_per_row)
+
+    @staticmethod
+    def _select_keys(log: dict[str, Any], return_keys: Sequence[str] | None) -> dict[str, Any]:
+        """``log`` restricted to ``return_keys`` (all of it when none of them is present)."""
+        if not return_keys or np.intersect1d(list(log.keys()), list(return_keys)).shape[0] == 0:
+            return log
+        return {key: log[key] for key in return_keys}
+
+    @torch.no_grad()
+    def log_images(self, batch: Mapping[str, Any], N: int = 8, n_row: int = 2, sample: bool = True,
+                   return_keys: Sequence[str] | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Inputs, a forward-diffusion row, and (with ``sample``) EMA samples with their denoising row."""
+        log = {}
+        x = self.get_input(batch, self.first_stage_key)
+        N = min(x.shape[0], N)
+        n_row = min(x.shape[0], n_row)
+        x = x.to(self.device)[:N]
+        log["inputs"] = x
+
+        diffusion_row = []
+        x_start = x[:n_row]
+        for t in range(self.num_timesteps):
+            if t % self.log_every_t == 0 or t == self.num_timesteps - 1:
+                t = repeat(torch.tensor([t]), "1 -> b", b=n_row).to(self.device).long()
+                noise = torch.randn_like(x_start)
+                diffusion_row.append(self.q_sample(x_start=x_start, t=t, noise=noise))
+        log["diffusion_row"] = self._get_rows_from_list(diffusion_row)
+
+        if sample:
+            with self.ema_scope("Plotting"):
+                samples, denoise_row = self.sample(batch_size=N, return_intermediates=True)
+            log["samples"] = samples
+            log["denoise_row"] = self._get_rows_from_list(denoise_row)
+        return self._select_keys(log, return_keys)

@@ -1,0 +1,1 @@
+"""Network building blocks: attention, the diffusion U-Net, encoders, distributions, EMA."""

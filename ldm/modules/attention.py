@@ -1,0 +1,270 @@
+"""Attention layers of the latent diffusion U-Net.
+
+``SpatialTransformer`` is the cross-attention block of Rombach et al. 2022 (sec. 3.3): a feature map
+is flattened to tokens, passed through transformer blocks (Vaswani et al. 2017) that attend to
+themselves and to a conditioning sequence, and projected back. This is the original LDM version with
+1x1 convolutions as ``proj_in``/``proj_out``. ``FeedForward`` may be gated (GEGLU, Shazeer 2020).
+``LinearAttention`` is the linear-complexity attention of Katharopoulos et al. 2020 / Shen et al. 2021,
+``SpatialSelfAttention`` plain single-head self-attention over pixels.
+
+Attention runs through ``torch.nn.functional.scaled_dot_product_attention``, which computes the same
+softmax(q k^T / sqrt(d)) v as the original's einsums within float32 rounding.
+"""
+from __future__ import annotations
+
+import math
+from inspect import isfunction
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from ldm.modules.diffusionmodules.util import checkpoint
+
+#: Epsilon of the plain GroupNorm used around the spatial transformer (differs from the U-Net's 1e-5).
+NORMALIZE_EPS = 1e-6
+NORMALIZE_GROUPS = 32
+
+
+def exists(val: Any) -> bool:
+    return val is not None
+
+
+def uniq(arr: Any) -> Any:
+    """The distinct elements of ``arr`` in first-seen order."""
+    return {el: True for el in arr}.keys()
+
+
+def default(val: Any, d: Any) -> Any:
+    """``val`` if it is not None, else ``d`` (called first when it is a function)."""
+    if exists(val):
+        return val
+    return d() if isfunction(d) else d
+
+
+def max_neg_value(t: torch.Tensor) -> float:
+    """The most negative finite value of the dtype of ``t``."""
+    return -torch.finfo(t.dtype).max
+
+
+def init_(tensor: torch.Tensor) -> torch.Tensor:
+    """Uniform init in +-1/sqrt(fan_in), in place."""
+    dim = tensor.shape[-1]
+    std = 1 / math.sqrt(dim)
+    tensor.uniform_(-std, std)
+    return tensor
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero the parameters of ``module`` in place and return it."""
+    for p in module.parameters():
+        p.detach().zero_()
+    return module
+
+
+def Normalize(in_channels: int) -> nn.GroupNorm:  # noqa: N802 - the original's name
+    """GroupNorm with 32 groups and eps 1e-6."""
+    return nn.GroupNorm(num_groups=NORMALIZE_GROUPS, num_channels=in_channels, eps=NORMALIZE_EPS, affine=True)
+
+
+class GEGLU(nn.Module):
+    """Gated GELU unit (Shazeer 2020): ``a * gelu(b)`` with ``[a, b] = W x + c``."""
+
+    def __init__(
+        self,
+        dim_in: int,  # input features
+        dim_out: int,  # output features
+    ) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """Transformer MLP: Linear-GELU (or GEGLU), dropout, Linear."""
+
+    def __init__(
+        self,
+        dim: int,  # input features
+        dim_out: int | None = None,  # output features; None = dim
+        mult: float = 4,  # hidden width as a multiple of dim
+        glu: bool = False,  # gate the hidden layer (GEGLU) instead of a plain GELU
+        dropout: float = 0.0,  # dropout on the hidden layer
+    ) -> None:
+        super().__init__()
+        inner_dim = int(dim * mult)
+        dim_out = default(dim_out, dim)
+        project_in = GEGLU(dim, inner_dim) if glu else nn.Sequential(nn.Linear(dim, inner_dim), nn.GELU())
+        self.net = nn.Sequential(project_in, nn.Dropout(dropout), nn.Linear(inner_dim, dim_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class LinearAttention(nn.Module):
+    """Linear attention over pixels: keys softmax-normalized over positions, context = k v^T."""
+
+    def __init__(
+        self,
+        dim: int,  # channels of the feature map
+        heads: int = 4,  # attention heads
+        dim_head: int = 32,  # channels per head
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        hidden_dim = dim_head * heads
+        self.to_qkv = nn.Conv2d(dim, hidden_dim * 3, 1, bias=False)
+        self.to_out = nn.Conv2d(hidden_dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        qkv = self.to_qkv(x)  # (B, 3 * heads * d, H, W)
+        q, k, v = rearrange(qkv, "b (qkv heads c) h w -> qkv b heads c (h w)", heads=self.heads, qkv=3)
+        k = k.softmax(dim=-1)
+        context = torch.einsum("bhdn,bhen->bhde", k, v)  # (B, heads, d, d)
+        out = torch.einsum("bhde,bhdn->bhen", context, q)  # (B, heads, d, HW)
+        out = rearrange(out, "b heads c (h w) -> b (heads c) h w", heads=self.heads, h=h, w=w)
+        return self.to_out(out)
+
+
+class SpatialSelfAttention(nn.Module):
+    """Single-head self-attention over the pixels of a feature map, with a residual connection."""
+
+    def __init__(
+        self,
+        in_channels: int,  # channels of the feature map
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.norm = Normalize(in_channels)
+        self.q = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
+        self.k = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
+        self.v = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
+        self.proj_out = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        h_ = self.norm(x)
+        q = rearrange(self.q(h_), "b c h w -> b 1 (h w) c")
+        k = rearrange(self.k(h_), "b c h w -> b 1 (h w) c")
+        v = rearrange(self.v(h_), "b c h w -> b 1 (h w) c")
+        h_ = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C)
+        h_ = rearrange(h_, "b 1 (h w) c -> b c h w", h=h, w=w)
+        return x + self.proj_out(h_)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of ``x`` to ``context`` (to itself when no context is given)."""
+
+    def __init__(
+        self,
+        query_dim: int,  # features of the queries x
+        context_dim: int | None = None,  # features of the context; None = query_dim (self-attention)
+        heads: int = 8,  # attention heads
+        dim_head: int = 64,  # features per head
+        dropout: float = 0.0,  # dropout after the output projection
+    ) -> None:
+        super().__init__()
+        inner_dim = dim_head * heads
+        context_dim = default(context_dim, query_dim)
+        self.scale = dim_head ** -0.5
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
+        self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
+        self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: (B, N, query_dim); ``context``: (B, M, context_dim); ``mask``: (B, M...) bool, True = attend."""
+        h = self.heads
+        context = default(context, x)
+        q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=h)  # (B, h, N, d)
+        k = rearrange(self.to_k(context), "b m (h d) -> b h m d", h=h)  # (B, h, M, d)
+        v = rearrange(self.to_v(context), "b m (h d) -> b h m d", h=h)  # (B, h, M, d)
+        attn_mask = None
+        if exists(mask):
+            mask = rearrange(mask, "b ... -> b 1 1 (...)").bool()  # (B, 1, 1, M)
+            attn_mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
+            attn_mask = attn_mask.masked_fill(~mask, max_neg_value(q))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)  # (B, h, N, d)
+        out = rearrange(out, "b h n d -> b n (h d)")
+        return self.to_out(out)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-norm transformer block: self-attention, cross-attention to the context, gated feed-forward."""
+
+    def __init__(
+        self,
+        dim: int,  # token features
+        n_heads: int,  # attention heads
+        d_head: int,  # features per head
+        dropout: float = 0.0,  # dropout in attention outputs and the feed-forward
+        context_dim: int | None = None,  # features of the cross-attention context; None = self-attention
+        gated_ff: bool = True,  # GEGLU feed-forward
+        checkpoint: bool = True,  # recompute activations in the backward pass (gradient checkpointing)
+    ) -> None:
+        super().__init__()
+        self.attn1 = CrossAttention(query_dim=dim, heads=n_heads, dim_head=d_head, dropout=dropout)  # self-attention
+        self.ff = FeedForward(dim, dropout=dropout, glu=gated_ff)
+        self.attn2 = CrossAttention(query_dim=dim, context_dim=context_dim, heads=n_heads, dim_head=d_head,
+                                    dropout=dropout)  # self-attention too when context is None
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.checkpoint = checkpoint
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return checkpoint(self._forward, (x, context), self.parameters(), self.checkpoint and self.training)
+
+    def _forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.attn1(self.norm1(x)) + x  # (B, N, dim)
+        x = self.attn2(self.norm2(x), context=context) + x  # (B, N, dim)
+        x = self.ff(self.norm3(x)) + x  # (B, N, dim)
+        return x
+
+
+class SpatialTransformer(nn.Module):
+    """Transformer over the pixels of a feature map (Rombach et al. 2022, sec. 3.3).
+
+    Normalize, project to ``n_heads * d_head`` channels with a 1x1 convolution, flatten to tokens,
+    apply ``depth`` transformer blocks, reshape and project back (zero-initialized), add the input.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,  # channels of the feature map
+        n_heads: int,  # attention heads
+        d_head: int,  # features per head
+        depth: int = 1,  # number of transformer blocks
+        dropout: float = 0.0,  # dropout inside the blocks
+        context_dim: int | None = None,  # features of the cross-attention context; None = self-attention
+        use_checkpoint: bool = True,  # gradient checkpointing of the blocks (the original always did it)
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        inner_dim = n_heads * d_head
+        self.norm = Normalize(in_channels)
+        self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1, stride=1, padding=0)
+        self.transformer_blocks = nn.ModuleList([
+            BasicTransformerBlock(inner_dim, n_heads, d_head, dropout=dropout, context_dim=context_dim,
+                                  checkpoint=use_checkpoint)
+            for _ in range(depth)
+        ])
+        self.proj_out = zero_module(nn.Conv2d(inner_dim, in_channels, kernel_size=1, stride=1, padding=0))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        x_in = x
+        x = self.proj_in(self.norm(x))  # (B, inner, H, W)
+        x = rearrange(x, "b c h w -> b (h w) c")  # (B, HW, inner)
+        for block in self.transformer_blocks:
+            x = block(x, context=context)  # (B, HW, inner)
+        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)  # (B, inner, H, W)
+        return self.proj_out(x) + x_in  # (B, C, H, W)

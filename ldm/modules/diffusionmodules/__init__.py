@@ -1,0 +1,1 @@
+"""The denoising U-Net (ADM, Dhariwal & Nichol 2021) and the helpers it is built from."""

@@ -1,0 +1,1 @@
+"""Probability distributions of the autoencoders' latent spaces (Kingma & Welling 2014)."""

@@ -1,0 +1,1 @@
+"""Conditioning encoders: class labels, BERT-style and CLIP text encoders, spatial rescalers."""

@@ -1,0 +1,133 @@
+"""Inpainting with the latent diffusion inpainting model (Rombach et al., CVPR 2022, sec. 4.5), as the
+original ``scripts/inpaint.py``:
+
+    python scripts/inpaint.py --indir data/inpainting_examples/ --outdir outputs/inpainting_results
+
+``indir`` holds images ``<name>.png`` and masks ``<name>_mask.png`` (white = fill in). The model is
+conditioned by concatenation on the first-stage encoding of the masked image and the mask resized
+to the latent size; the result keeps the known pixels: ``(1 - mask) * image + mask * prediction``,
+written to ``<outdir>/<name>.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from ldm import scripting  # noqa: E402
+from ldm.models.diffusion.sampling import make_sampler  # noqa: E402
+
+DEFAULT_CONFIG = "models/ldm/inpainting_big/config.yaml"
+DEFAULT_CKPT = "models/ldm/inpainting_big/last.ckpt"
+MASK_SUFFIX = "_mask.png"
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--indir", type=str, nargs="?", required=True,
+                        help="dir containing image-mask pairs (`example.png` and `example_mask.png`)")
+    parser.add_argument("--outdir", type=str, nargs="?", required=True, help="dir to write results to")
+    parser.add_argument("--steps", type=int, default=50, help="number of sampling steps")
+    scripting.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT)
+    return parser
+
+
+def find_pairs(indir: str) -> list[tuple[str, str]]:
+    """(image, mask) paths of ``indir``, sorted; ValueError when a mask has no image or none is found."""
+    if not os.path.isdir(indir):
+        raise FileNotFoundError(f"--indir {indir} is not a directory")
+    masks = sorted(glob.glob(os.path.join(indir, f"*{MASK_SUFFIX}")))
+    if not masks:
+        raise ValueError(f"no masks '*{MASK_SUFFIX}' in {indir}; expected <name>.png with <name>{MASK_SUFFIX}")
+    pairs = []
+    for mask in masks:
+        image = mask[: -len(MASK_SUFFIX)] + ".png"
+        if not os.path.isfile(image):
+            raise FileNotFoundError(f"mask {mask} has no image {image}")
+        pairs.append((image, mask))
+    return pairs
+
+
+def check_sizes(pairs: list[tuple[str, str]], multiple: int) -> None:
+    """Each mask must match its image's size, and the size must suit the model (a multiple of ``multiple``)."""
+    for image, mask in pairs:
+        with Image.open(image) as im, Image.open(mask) as m:
+            if im.size != m.size:
+                raise ValueError(f"mask {mask} is {m.size[0]}x{m.size[1]} but image {image} is "
+                                 f"{im.size[0]}x{im.size[1]}; they must have the same size")
+            if im.size[0] % multiple or im.size[1] % multiple:
+                raise ValueError(f"image {image} is {im.size[0]}x{im.size[1]}; width and height must be "
+                                 f"multiples of {multiple} for this model")
+
+
+def make_batch(image: str, mask: str, device: torch.device) -> dict[str, torch.Tensor]:
+    """image, mask (binarized at 0.5) and masked image, all (1, C, H, W) in [-1, 1], as the original."""
+    img = np.array(Image.open(image).convert("RGB")).astype(np.float32) / 255.0
+    img = torch.from_numpy(img[None].transpose(0, 3, 1, 2))  # (1, 3, H, W)
+    m = np.array(Image.open(mask).convert("L")).astype(np.float32) / 255.0
+    m = m[None, None]
+    m[m < 0.5] = 0
+    m[m >= 0.5] = 1
+    m = torch.from_numpy(m)  # (1, 1, H, W)
+    masked_image = (1 - m) * img
+    batch = {"image": img, "mask": m, "masked_image": masked_image}
+    return {k: v.to(device=device) * 2.0 - 1.0 for k, v in batch.items()}
+
+
+@torch.no_grad()
+def inpaint_batch(model: torch.nn.Module, sampler_name: str, sampler, batch: dict[str, torch.Tensor],
+                  steps: int) -> torch.Tensor:
+    """The composited result (1, 3, H, W) in [0, 1] for one prepared batch."""
+    c = model.cond_stage_model.encode(batch["masked_image"])  # (1, C, h, w): the first-stage encoding
+    cc = torch.nn.functional.interpolate(batch["mask"], size=c.shape[-2:])  # (1, 1, h, w)
+    c = torch.cat((c, cc), dim=1)
+    shape = (c.shape[1] - 1,) + tuple(c.shape[2:])
+    samples = scripting.run_sampler(sampler_name, model, steps, c.shape[0], shape, conditioning=c, sampler=sampler)
+    predicted = scripting.decode_to_unit(model, samples)
+    image = torch.clamp((batch["image"] + 1.0) / 2.0, min=0.0, max=1.0)
+    mask = torch.clamp((batch["mask"] + 1.0) / 2.0, min=0.0, max=1.0)
+    return (1 - mask) * image + mask * predicted
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """Run the script; returns the paths it wrote."""
+    opt = get_parser().parse_args(argv)
+    scripting.check_positive("--steps", opt.steps)
+    sampler_name = scripting.resolve_sampler(opt)
+    pairs = find_pairs(opt.indir)
+    config = scripting.load_config(opt.config)
+    check_sizes(pairs, scripting.first_stage_factor(config.model) * scripting.unet_factor(config.model))
+    scripting.require_file(opt.ckpt, "checkpoint")
+    device = scripting.choose_device(opt.device)
+    print(f"Found {len(pairs)} inputs.")
+
+    model, _ = scripting.load_model(config, opt.ckpt, device)
+    if getattr(model, "cond_stage_model", None) is None or not hasattr(model.cond_stage_model, "encode"):
+        raise ValueError(f"{opt.config}: inpainting needs a model conditioned on the first stage "
+                         f"(cond_stage_config: __is_first_stage__, conditioning_key concat)")
+    sampler = make_sampler(sampler_name, model)
+    os.makedirs(opt.outdir, exist_ok=True)
+    summary = scripting.OutputSummary()
+    scripting.seed_everything(opt.seed)
+    with torch.no_grad(), scripting.ema_weights(model):
+        for image, mask in tqdm(pairs, desc="Inpainting"):
+            batch = make_batch(image, mask, device=device)
+            inpainted = inpaint_batch(model, sampler_name, sampler, batch, opt.steps)
+            outpath = os.path.join(opt.outdir, os.path.split(image)[1])
+            summary.add(scripting.save_image(inpainted[0], outpath))
+    summary.print()
+    return summary.paths
+
+
+if __name__ == "__main__":
+    scripting.run_script(main)

@@ -1,0 +1,112 @@
+"""Class-conditional ImageNet sampling with classifier-free guidance (Ho & Salimans 2021) from the
+cin256-v2 latent diffusion model (Rombach et al., CVPR 2022), as the original's
+``scripts/latent_imagenet_diffusion.ipynb``:
+
+    python scripts/sample_cin.py --classes 25 187 448 992 --n_samples_per_class 6 --ddim_steps 20 \
+        --ddim_eta 0.0 --scale 3.0
+
+Classes are given as indices, synset ids (n01440764) or ImageNet names ("birdhouse"). The
+unconditional input of the guidance is the extra class 1000 (``--uncond_class``). Each sample goes
+to ``<outdir>/samples/class<CCCC>_<NNNN>.png``, and a grid with one row per class to
+``<outdir>/grid-NNNN.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from ldm import scripting  # noqa: E402
+from ldm.models.diffusion.sampling import make_sampler  # noqa: E402
+
+DEFAULT_CONFIG = "configs/latent-diffusion/cin256-v2.yaml"
+DEFAULT_CKPT = "models/ldm/cin256-v2/model.ckpt"
+#: The class index that cin256-v2 learned as "no class" (classifier-free guidance training).
+UNCOND_CLASS = 1000
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--classes", type=str, nargs="+", default=["25", "187", "448", "992"],
+                        help="classes to render: indices, synset ids or ImageNet names")
+    parser.add_argument("--n_samples_per_class", type=int, default=6, help="samples per class (the batch size)")
+    parser.add_argument("--ddim_steps", type=int, default=20, help="number of sampling steps")
+    parser.add_argument("--ddim_eta", type=float, default=0.0,
+                        help="ddim eta (eta=0.0 corresponds to deterministic sampling)")
+    parser.add_argument("--scale", type=float, default=3.0,
+                        help="unconditional guidance scale: eps = eps(x, uncond) + scale * (eps(x, class) - eps(x, uncond))")
+    parser.add_argument("--uncond_class", type=int, default=UNCOND_CLASS,
+                        help="the class index the model learned as unconditional")
+    parser.add_argument("--outdir", type=str, default="outputs/cin-samples", help="dir to write results to")
+    scripting.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT)
+    return parser
+
+
+def class_conditioning_info(model_config) -> tuple[str, int | None]:
+    """(cond_stage_key, number of classes) of a class-conditional config; ValueError for other models."""
+    params = model_config.get("params", {})
+    cond = params.get("cond_stage_config")
+    target = cond.get("target", "") if hasattr(cond, "get") else str(cond)
+    if not str(target).endswith("ClassEmbedder"):
+        raise ValueError(f"this script needs a class-conditional model (cond_stage_config ClassEmbedder); "
+                         f"the config has {target!r}")
+    n_classes = cond.get("params", {}).get("n_classes", 1000)
+    return params.get("cond_stage_key", "class_label"), int(n_classes)
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """Run the script; returns the paths it wrote."""
+    opt = get_parser().parse_args(argv)
+    scripting.check_positive("--n_samples_per_class", opt.n_samples_per_class)
+    scripting.check_positive("--ddim_steps", opt.ddim_steps)
+    sampler_name = scripting.resolve_sampler(opt, eta=opt.ddim_eta)
+    config = scripting.load_config(opt.config)
+    cond_key, n_classes = class_conditioning_info(config.model)
+    classes = [scripting.resolve_class(c, n_classes) for c in opt.classes]
+    if opt.scale != 1.0 and not 0 <= opt.uncond_class < n_classes:
+        raise ValueError(f"--uncond_class {opt.uncond_class} is not a class of this model ({n_classes} classes); "
+                         f"guidance (--scale {opt.scale}) needs the learned unconditional class, or use --scale 1.0")
+    size = int(config.model.params.get("image_size"))
+    shape = [scripting.latent_channels(config.model), size, size]
+    scripting.require_file(opt.ckpt, "checkpoint")
+    device = scripting.choose_device(opt.device)
+
+    model, _ = scripting.load_model(config, opt.ckpt, device)
+    sampler = make_sampler(sampler_name, model)
+    sample_path = os.path.join(opt.outdir, "samples")
+    os.makedirs(sample_path, exist_ok=True)
+    base_count = scripting.count_entries(sample_path)
+    grid_count = scripting.count_entries(opt.outdir) - 1
+    summary = scripting.OutputSummary()
+    n = opt.n_samples_per_class
+    scripting.seed_everything(opt.seed)
+    all_samples = []
+    with torch.no_grad(), scripting.ema_weights(model):
+        uc = None
+        if opt.scale != 1.0:
+            uc = model.get_learned_conditioning({cond_key: torch.tensor(n * [opt.uncond_class], device=device)})
+        for class_label in tqdm(classes, desc="Classes"):
+            c = model.get_learned_conditioning({cond_key: torch.tensor(n * [class_label], device=device)})
+            samples = scripting.run_sampler(sampler_name, model, opt.ddim_steps, n, shape, conditioning=c,
+                                            eta=opt.ddim_eta, sampler=sampler, unconditional_guidance_scale=opt.scale,
+                                            unconditional_conditioning=uc)
+            x_samples = scripting.decode_to_unit(model, samples)
+            for x_sample in x_samples:
+                path = os.path.join(sample_path, f"class{class_label:04}_{base_count:04}.png")
+                summary.add(scripting.save_image(x_sample, path))
+                base_count += 1
+            all_samples.append(x_samples)
+    summary.add(scripting.save_grid(all_samples, os.path.join(opt.outdir, f"grid-{grid_count:04}.png"), nrow=n))
+    summary.print()
+    return summary.paths
+
+
+if __name__ == "__main__":
+    scripting.run_script(main)

@@ -1,0 +1,103 @@
+"""Text-to-image sampling with a text-conditional latent diffusion model (Rombach et al., CVPR 2022),
+with classifier-free guidance (Ho & Salimans 2021), as the original ``scripts/txt2img.py``:
+
+    python scripts/txt2img.py --prompt "a virus monster is playing guitar, oil on canvas" \
+        --ddim_eta 0.0 --n_samples 4 --n_iter 4 --scale 5.0 --ddim_steps 50
+
+Each sample goes to ``<outdir>/samples/NNNN.png`` (numbering continues after the files already
+there) and an ``n_iter`` x ``n_samples`` grid to ``<outdir>/<prompt, spaces as '-'>.png``. With
+``--from-file`` every line of the file is a prompt, sampled the same way, with one grid per prompt.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from ldm import scripting  # noqa: E402
+from ldm.models.diffusion.sampling import make_sampler  # noqa: E402
+
+DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval.yaml"
+DEFAULT_CKPT = "models/ldm/text2img-large/model.ckpt"
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompt", type=str, nargs="?", default="a painting of a virus monster playing guitar",
+                        help="the prompt to render")
+    parser.add_argument("--from-file", type=str, default=None, help="read the prompts from this file, one per line")
+    parser.add_argument("--outdir", type=str, nargs="?", default="outputs/txt2img-samples",
+                        help="dir to write results to")
+    parser.add_argument("--ddim_steps", type=int, default=200, help="number of sampling steps")
+    parser.add_argument("--plms", action="store_true", help="use plms sampling (same as --sampler plms)")
+    parser.add_argument("--ddim_eta", type=float, default=0.0,
+                        help="ddim eta (eta=0.0 corresponds to deterministic sampling)")
+    parser.add_argument("--n_iter", type=int, default=1, help="sample this often")
+    parser.add_argument("--H", type=int, default=256, help="image height, in pixel space")
+    parser.add_argument("--W", type=int, default=256, help="image width, in pixel space")
+    parser.add_argument("--n_samples", type=int, default=4,
+                        help="how many samples to produce for the given prompt (the batch size)")
+    parser.add_argument("--scale", type=float, default=5.0,
+                        help="unconditional guidance scale: eps = eps(x, empty) + scale * (eps(x, cond) - eps(x, empty))")
+    scripting.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """Run the script; returns the paths it wrote."""
+    opt = get_parser().parse_args(argv)
+    # everything that can be wrong with the arguments is found before the model is built
+    for name in ("n_iter", "n_samples", "ddim_steps"):
+        scripting.check_positive(f"--{name}", getattr(opt, name))
+    sampler_name = scripting.resolve_sampler(opt, eta=opt.ddim_eta)
+    prompts = scripting.read_prompts(opt.from_file) if opt.from_file else [opt.prompt]
+    if any(p is None for p in prompts):
+        raise ValueError("give a --prompt or a --from-file")
+    config = scripting.load_config(opt.config)
+    h, w = scripting.latent_size(config.model, opt.H, opt.W)
+    shape = [scripting.latent_channels(config.model), h, w]
+    scripting.require_file(opt.ckpt, "checkpoint")
+    device = scripting.choose_device(opt.device)
+
+    model, _ = scripting.load_model(config, opt.ckpt, device)
+    sampler = make_sampler(sampler_name, model)
+    sample_path = os.path.join(opt.outdir, "samples")
+    os.makedirs(sample_path, exist_ok=True)
+    base_count = scripting.count_entries(sample_path)
+    summary = scripting.OutputSummary()
+    scripting.seed_everything(opt.seed)
+
+    with torch.no_grad(), scripting.ema_weights(model):
+        uc = None
+        if opt.scale != 1.0:
+            uc = model.get_learned_conditioning(opt.n_samples * [""])
+        for prompt in prompts:
+            all_samples = []
+            for _ in tqdm(range(opt.n_iter), desc=f"Sampling {prompt[:40]!r}"):
+                c = model.get_learned_conditioning(opt.n_samples * [prompt])
+                samples = scripting.run_sampler(sampler_name, model, opt.ddim_steps, opt.n_samples, shape,
+                                                conditioning=c, eta=opt.ddim_eta, sampler=sampler,
+                                                unconditional_guidance_scale=opt.scale,
+                                                unconditional_conditioning=uc)
+                x_samples = scripting.decode_to_unit(model, samples)
+                for x_sample in x_samples:
+                    summary.add(scripting.save_image(x_sample, os.path.join(sample_path, f"{base_count:04}.png")))
+                    base_count += 1
+                all_samples.append(x_samples)
+            grid_path = os.path.join(opt.outdir, scripting.prompt_filename(prompt))
+            summary.add(scripting.save_grid(all_samples, grid_path, nrow=opt.n_samples))
+
+    summary.print()
+    print(f"Your samples are ready and waiting for you here: \n{opt.outdir} \nEnjoy.")
+    return summary.paths
+
+
+if __name__ == "__main__":
+    scripting.run_script(main)
