@@ -412,6 +412,37 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its
 
     dispatch[pickle.BUILD[0]] = load_build
 
+    # APPEND(S) and ADDITEMS look methods up on the instance in the standard unpickler, where an attribute
+    # set by BUILD could shadow them; here the methods come from the type, for the types that have them.
+    def _extend(self, items: list) -> None:
+        target = self.stack[-1]
+        if type(target) is list:
+            list.extend(target, items)
+        elif isinstance(target, StandIn):
+            StandIn.extend(target, items)
+        else:
+            raise UnsafeCheckpointError(_name_of(type(target)), self.source, "APPENDS needs a list")
+
+    def load_append(self) -> None:
+        value = self.stack.pop()
+        self._extend([value])
+
+    dispatch[pickle.APPEND[0]] = load_append
+
+    def load_appends(self) -> None:
+        self._extend(self.pop_mark())
+
+    dispatch[pickle.APPENDS[0]] = load_appends
+
+    def load_additems(self) -> None:
+        items = self.pop_mark()
+        target = self.stack[-1]
+        if type(target) is not set:
+            raise UnsafeCheckpointError(_name_of(type(target)), self.source, "ADDITEMS needs a set")
+        set.update(target, items)
+
+    dispatch[pickle.ADDITEMS[0]] = load_additems
+
     def get_extension(self, code: int) -> None:
         raise UnsafeCheckpointError(f"extension code {code}", self.source,
                                     "the copyreg extension registry is not used by checkpoints")

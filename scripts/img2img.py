@@ -105,7 +105,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise ValueError(f"--prompt was given, but the model is {kind}")
     if kind != CLASS and opt.class_label is not None:
         raise ValueError(f"--class_label was given, but the model is {kind}")
-    uncond_class = opt.uncond_class if opt.uncond_class is not None else (n_classes - 1 if n_classes else None)
+    uncond_class = opt.uncond_class
+    if kind == CLASS and uncond_class is None:  # the model's null class: ucg_class, else its last class
+        ucg_class = config.model.params.get("ucg_class")
+        uncond_class = int(ucg_class) if ucg_class is not None else n_classes - 1
     init_image = load_image(opt.init_img, scripting.first_stage_factor(config.model)
                             * scripting.unet_factor(config.model))
     scripting.require_file(opt.ckpt, "checkpoint")

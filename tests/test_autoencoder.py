@@ -56,6 +56,7 @@ def test_vq_interface_quantizes_in_decode_and_decode_code_matches():
     case = load_case("autoencoder_vq")
     cfg = dict(case["config"], target="ldm.models.autoencoder.VQModelInterface")
     m = instantiate_from_config(OmegaConf.create(cfg))
+    assert isinstance(m, VQModelInterface)
     m.load_state_dict(case["state_dict"], strict=True)
     m.eval()
     x = case["inputs"]["x"]
@@ -147,8 +148,8 @@ def _changed(before: dict, module: torch.nn.Module) -> bool:
     return any(not torch.equal(before[k], v.detach()) for k, v in module.named_parameters())
 
 
-def _fit(model: pl.LightningModule) -> pl.Trainer:
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2, limit_train_batches=1, limit_val_batches=1,
+def _fit(model: pl.LightningModule, batches: int = 1) -> pl.Trainer:
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2, limit_train_batches=batches, limit_val_batches=1,
                          num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     loader = DataLoader(_Images(), batch_size=2)
@@ -161,11 +162,11 @@ def test_autoencoder_kl_trains_both_phases():
     lossconfig = {"target": "ldm.modules.losses.LPIPSWithDiscriminator",
                   "params": {"disc_start": 0, "kl_weight": 1e-6, "disc_weight": 0.5, "perceptual_weight": 0.0}}
     model = AutoencoderKL(ddconfig=DDCONFIG, lossconfig=lossconfig, embed_dim=4, monitor="val/rec_loss",
-                          learning_rate=1e-3)
+                          learning_rate=1e-3, accumulate_grad_batches=2)
     assert model.automatic_optimization is False
     enc, disc, logvar = _snapshot(model.encoder), _snapshot(model.loss.discriminator), model.loss.logvar.clone()
-    trainer = _fit(model)
-    assert trainer.global_step == 2  # Lightning counts both optimizer steps of the batch
+    trainer = _fit(model, batches=2)  # gradients of 2 batches, then one step of each optimizer
+    assert trainer.global_step == 2  # Lightning counts both optimizer steps
     assert model.batch_step == 1
     assert _changed(enc, model.encoder), "the autoencoder was not updated"
     assert _changed(disc, model.loss.discriminator), "the discriminator was not updated"

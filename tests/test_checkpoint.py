@@ -241,6 +241,18 @@ def test_build_cannot_mutate_functions_or_classes(tmp_path):
         load_checkpoint(tmp_path / "b.pt")
 
 
+def test_appends_do_not_call_attributes_set_by_the_file():
+    module = restricted_pickle_module("in-memory")
+    # a stand-in whose state sets an attribute "extend", then APPENDS: the standard unpickler would call it
+    attack = (b"\x80\x02cpytorch_lightning.x\nY\n)\x81}X\x06\x00\x00\x00extendccollections\nOrderedDict\nsb"
+              b"(K\x01K\x02e.")
+    loaded = module.loads(attack)
+    assert loaded._stand_in_items == [1, 2] and loaded.extend is collections.OrderedDict
+    # APPENDS onto anything but a list or a stand-in is refused
+    with pytest.raises(UnsafeCheckpointError, match="APPENDS"):
+        module.loads(b"\x80\x02ccollections\nOrderedDict\n)R(K\x01e.")
+
+
 def test_reduce_only_calls_allow_listed_callables():
     # even if a callable reached the stack some other way (here: persistent_load), REDUCE refuses it
     module = restricted_pickle_module("in-memory")

@@ -223,10 +223,11 @@ def test_super_resolution_dataset(tmp_path):
         SuperResolutionDataset(str(tmp_path / "hr"), size=16, downscale_f=3)
 
 
-def test_super_resolution_bsrgan_light(tmp_path):
-    pytest.importorskip("ldm.modules.image_degradation.bsrgan_light")
+@pytest.mark.parametrize("degradation", ["bsrgan", "bsrgan_light"])
+def test_super_resolution_bsrgan(tmp_path, degradation):
+    pytest.importorskip(f"ldm.modules.image_degradation.{degradation}")
     _write_image(tmp_path / "hr" / "a.png", size=(72, 64))
-    ds = SuperResolutionDataset(str(tmp_path / "hr"), size=32, downscale_f=4, degradation="bsrgan_light")
+    ds = SuperResolutionDataset(str(tmp_path / "hr"), size=32, downscale_f=4, degradation=degradation)
     torch.manual_seed(0)
     ex = ds[0]
     _check_image(ex["image"], 32)

@@ -268,3 +268,34 @@ def test_encoder_unet_rejects_unknown_pool():
     with pytest.raises(ValueError, match="pool must be one of"):
         EncoderUNetModel(image_size=8, in_channels=3, model_channels=32, out_channels=5, num_res_blocks=1,
                          attention_resolutions=[2], pool="max")
+
+
+MANIFEST_SUBMODULES = [
+    ("configs__latent-diffusion__cin256-v2", "unet_config", "model.diffusion_model."),
+    ("configs__latent-diffusion__txt2img-1p4B-eval", "unet_config", "model.diffusion_model."),
+    ("configs__latent-diffusion__txt2img-1p4B-eval", "cond_stage_config", "cond_stage_model."),
+    ("configs__retrieval-augmented-diffusion__768x768", "unet_config", "model.diffusion_model."),
+    ("models__ldm__bsr_sr__config", "unet_config", "model.diffusion_model."),
+    ("models__ldm__cin256__config", "unet_config", "model.diffusion_model."),
+    ("models__ldm__cin256__config", "cond_stage_config", "cond_stage_model."),
+    ("models__ldm__semantic_synthesis256__config", "cond_stage_config", "cond_stage_model."),
+]
+
+
+@pytest.mark.parametrize("manifest,sub,prefix", MANIFEST_SUBMODULES, ids=[f"{m}-{s}" for m, s, _ in MANIFEST_SUBMODULES])
+def test_submodule_keys_match_manifest(manifest, sub, prefix):
+    """The U-Net / cond-stage of full-size original configs, built on the meta device, has the checkpoint's keys."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from conftest import REPO, require_parity
+
+    expected = json.loads((require_parity() / "manifests" / f"{manifest}.json").read_text())
+    config = OmegaConf.load(REPO / expected["config"]).model.params[sub]
+    with torch.device("meta"):
+        module = instantiate_from_config(config)
+    ours = {k: list(v.shape) for k, v in module.state_dict().items()}
+    ref = {k[len(prefix):]: v for k, v in expected["keys"].items() if k.startswith(prefix)}
+    assert sorted(set(ref) - set(ours)) == [] and sorted(set(ours) - set(ref)) == []
+    assert ours == ref

@@ -89,9 +89,6 @@ class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, Latent
         ckpt_path = kwargs.pop("ckpt_path", None)  # loaded below, once the first stage exists
         ignore_keys = kwargs.pop("ignore_keys", None)
         super().__init__(conditioning_key=conditioning_key, **kwargs)
-        if not 1 <= self.num_timesteps_cond <= self.num_timesteps:
-            raise ValueError(f"num_timesteps_cond must be in [1, timesteps={self.num_timesteps}]; "
-                             f"got {self.num_timesteps_cond!r}")
         self.concat_mode = concat_mode
         self.cond_stage_trainable = cond_stage_trainable
         self.cond_stage_key = cond_stage_key
@@ -126,6 +123,9 @@ class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, Latent
     def register_schedule(self, given_betas=None, beta_schedule: str = "linear", timesteps: int = 1000,
                           linear_start: float = 1e-4, linear_end: float = 2e-2, cosine_s: float = 8e-3) -> None:
         super().register_schedule(given_betas, beta_schedule, timesteps, linear_start, linear_end, cosine_s)
+        if not 1 <= self.num_timesteps_cond <= self.num_timesteps:
+            raise ValueError(f"num_timesteps_cond must be in [1, timesteps={self.num_timesteps}]; "
+                             f"got {self.num_timesteps_cond!r}")
         self.shorten_cond_schedule = self.num_timesteps_cond > 1
         if self.shorten_cond_schedule:
             self.make_cond_schedule()

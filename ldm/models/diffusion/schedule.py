@@ -39,7 +39,24 @@ class GaussianDiffusionMixin:
     def register_schedule(self, given_betas: Sequence[float] | np.ndarray | None = None, beta_schedule: str = "linear",
                           timesteps: int = 1000, linear_start: float = 1e-4, linear_end: float = 2e-2,
                           cosine_s: float = 8e-3) -> None:
-        """Register the schedule buffers (float64 numpy maths, stored as float32 like the original)."""
+        """Register the schedule buffers (float64 numpy maths, stored as float32 like the original).
+
+        The numbers are computed on the CPU; the buffers go to the device of the module's parameters
+        (or the default device), so a model built under ``torch.device("meta")`` gets meta buffers.
+        """
+        with torch.device("cpu"):
+            buffers = self._schedule_buffers(given_betas, beta_schedule, timesteps, linear_start, linear_end,
+                                             cosine_s)
+        first_param = next(self.parameters(), None)
+        device = first_param.device if first_param is not None else torch.get_default_device()
+        for name, value in buffers.items():
+            self.register_buffer(name, value.to(device), persistent=name != "lvlb_weights")
+        self.num_timesteps = int(buffers["betas"].shape[0])
+        self.linear_start = linear_start
+        self.linear_end = linear_end
+
+    def _schedule_buffers(self, given_betas, beta_schedule: str, timesteps: int, linear_start: float,
+                          linear_end: float, cosine_s: float) -> dict[str, torch.Tensor]:
         if given_betas is not None:
             betas = np.asarray(given_betas, dtype=np.float64)
         else:
@@ -52,46 +69,42 @@ class GaussianDiffusionMixin:
         alphas_cumprod = np.cumprod(alphas, axis=0)
         alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
 
-        self.num_timesteps = int(betas.shape[0])
-        self.linear_start = linear_start
-        self.linear_end = linear_end
-
         def to_torch(x):
             return torch.tensor(x, dtype=torch.float32)
 
-        self.register_buffer("betas", to_torch(betas))
-        self.register_buffer("alphas_cumprod", to_torch(alphas_cumprod))
-        self.register_buffer("alphas_cumprod_prev", to_torch(alphas_cumprod_prev))
-
-        # q(x_t | x_0)
-        self.register_buffer("sqrt_alphas_cumprod", to_torch(np.sqrt(alphas_cumprod)))
-        self.register_buffer("sqrt_one_minus_alphas_cumprod", to_torch(np.sqrt(1.0 - alphas_cumprod)))
-        self.register_buffer("log_one_minus_alphas_cumprod", to_torch(np.log(1.0 - alphas_cumprod)))
-        self.register_buffer("sqrt_recip_alphas_cumprod", to_torch(np.sqrt(1.0 / alphas_cumprod)))
-        self.register_buffer("sqrt_recipm1_alphas_cumprod", to_torch(np.sqrt(1.0 / alphas_cumprod - 1)))
-
+        out = {
+            "betas": to_torch(betas),
+            "alphas_cumprod": to_torch(alphas_cumprod),
+            "alphas_cumprod_prev": to_torch(alphas_cumprod_prev),
+            # q(x_t | x_0)
+            "sqrt_alphas_cumprod": to_torch(np.sqrt(alphas_cumprod)),
+            "sqrt_one_minus_alphas_cumprod": to_torch(np.sqrt(1.0 - alphas_cumprod)),
+            "log_one_minus_alphas_cumprod": to_torch(np.log(1.0 - alphas_cumprod)),
+            "sqrt_recip_alphas_cumprod": to_torch(np.sqrt(1.0 / alphas_cumprod)),
+            "sqrt_recipm1_alphas_cumprod": to_torch(np.sqrt(1.0 / alphas_cumprod - 1)),
+        }
         # q(x_{t-1} | x_t, x_0); sigma^2 = (1 - v) * beta_tilde + v * beta
         posterior_variance = ((1 - self.v_posterior) * betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
                               + self.v_posterior * betas)
-        self.register_buffer("posterior_variance", to_torch(posterior_variance))
-        self.register_buffer("posterior_log_variance_clipped",
-                             to_torch(np.log(np.maximum(posterior_variance, POSTERIOR_LOG_VARIANCE_FLOOR))))
-        self.register_buffer("posterior_mean_coef1",
-                             to_torch(betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod)))
-        self.register_buffer("posterior_mean_coef2",
-                             to_torch((1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod)))
+        out["posterior_variance"] = to_torch(posterior_variance)
+        out["posterior_log_variance_clipped"] = to_torch(
+            np.log(np.maximum(posterior_variance, POSTERIOR_LOG_VARIANCE_FLOOR)))
+        out["posterior_mean_coef1"] = to_torch(betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod))
+        out["posterior_mean_coef2"] = to_torch((1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod))
 
         # weights of the variational bound terms, in float32 from the float32 buffers as in the original
         if self.parameterization == "eps":
-            lvlb_weights = self.betas ** 2 / (2 * self.posterior_variance * to_torch(alphas) * (1 - self.alphas_cumprod))
+            lvlb_weights = out["betas"] ** 2 / (
+                2 * out["posterior_variance"] * to_torch(alphas) * (1 - out["alphas_cumprod"]))
         else:  # "x0"; the original's expression, kept for its numbers
-            ac = torch.tensor(alphas_cumprod, dtype=torch.float32)
+            ac = out["alphas_cumprod"]
             lvlb_weights = 0.5 * torch.sqrt(ac) / (2.0 * 1 - ac)
         # the t = 0 term has zero posterior variance; reuse the t = 1 weight there
         lvlb_weights[0] = lvlb_weights[1]
-        self.register_buffer("lvlb_weights", lvlb_weights, persistent=False)
-        if torch.isnan(self.lvlb_weights).all():
+        if torch.isnan(lvlb_weights).all():
             raise ValueError("the variational-bound weights are all NaN; check the beta schedule")
+        out["lvlb_weights"] = lvlb_weights
+        return out
 
     def q_mean_variance(self, x_start: torch.Tensor, t: torch.Tensor):
         """Mean, variance and log-variance of q(x_t | x_0)."""

@@ -29,7 +29,10 @@ class AbstractDistribution:
 class DiracDistribution(AbstractDistribution):
     """All mass on ``value``."""
 
-    def __init__(self, value: torch.Tensor) -> None:
+    def __init__(
+        self,
+        value: torch.Tensor,  # the only value the distribution takes
+    ) -> None:
         self.value = value
 
     def sample(self) -> torch.Tensor:
