@@ -103,7 +103,7 @@ class StandIn(dict, metaclass=_StandInMeta):
 
     _stand_in_for: ClassVar[str] = "StandIn"
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "StandIn":
+    def __new__(cls, *args: Any, **kwargs: Any) -> StandIn:
         self = super().__new__(cls)
         if args:
             self.__dict__["_stand_in_args"] = args
@@ -141,11 +141,10 @@ class StandIn(dict, metaclass=_StandInMeta):
             parts.append(f"attrs={self.__dict__!r}")
         return f"<stand-in {self._stand_in_for}{': ' + ', '.join(parts) if parts else ''}>"
 
-    def __eq__(self, other: object) -> bool:
-        return (type(self) is type(other) and dict.__eq__(self, other)  # type: ignore[arg-type]
-                and self.__dict__ == other.__dict__)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, like the dict it is
+    # Identity semantics: stand-ins can hold cycles (omegaconf's _parent links); compare `to_builtin` results.
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
 
 
 def _set_stand_in_state(obj: StandIn, state: Any) -> None:
@@ -187,7 +186,29 @@ def _rebuild_stand_in(module: str, qualname: str) -> StandIn:
 
 def is_stand_in(obj: Any) -> bool:
     """Whether ``obj`` is a stand-in instance or class produced by `load_checkpoint`."""
-    return isinstance(obj, StandIn) or isinstance(obj, _StandInMeta)
+    return isinstance(obj, (StandIn, _StandInMeta))
+
+
+def to_builtin(obj: Any) -> Any:
+    """``obj`` with stand-ins replaced by plain Python values, for reading hyper-parameters.
+
+    omegaconf ``DictConfig``/``ListConfig`` become dicts/lists of their values (interpolations stay
+    strings such as ``"${x}"``); other stand-ins (``Namespace``, ``AttributeDict``, ...) become a dict of
+    their items and attributes.
+    """
+    if isinstance(obj, StandIn):
+        attrs = {k: v for k, v in obj.__dict__.items() if not k.startswith("_stand_in_")}
+        if type(obj).__module__.split(".")[0] == "omegaconf":
+            if "_content" in attrs:
+                return to_builtin(attrs["_content"])
+            if "_val" in attrs:
+                return to_builtin(attrs["_val"])
+        return {**{k: to_builtin(v) for k, v in dict.items(obj)}, **{k: to_builtin(v) for k, v in attrs.items()}}
+    if isinstance(obj, Mapping):
+        return {k: to_builtin(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(to_builtin(v) for v in obj)
+    return obj
 
 
 # A stand-in class pickles as a call to `stand_in_class`, so a loaded checkpoint can be saved again.
@@ -645,7 +666,12 @@ def convert_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike) -> Pa
     if dst.suffix != _SAFETENSORS_SUFFIX:
         raise ValueError(f"the output must end in {_SAFETENSORS_SUFFIX}; got {dst}")
     obj = load_checkpoint(src)
-    state_dict = {k: v for k, v in _extract_state_dict(obj, src).items() if isinstance(v, torch.Tensor)}
+    full = _extract_state_dict(obj, src)
+    state_dict = {k: v for k, v in full.items() if isinstance(v, torch.Tensor)}
+    dropped = sorted(set(full) - set(state_dict))
+    if dropped:
+        logger.warning("%s: entries that are not tensors cannot go into safetensors and were left out: %s",
+                       src, dropped)
     metadata = {"format": "pt", "converted_from": Path(src).name}
     if isinstance(obj, Mapping):
         for key in ("global_step", "epoch", "pytorch-lightning_version"):
@@ -659,9 +685,9 @@ def _describe(path: str) -> list[str]:
     lines = [f"{path}: {type(obj).__name__}"]
     if isinstance(obj, Mapping):
         lines.append("top-level keys: " + ", ".join(map(str, obj.keys())))
-        for key in ("epoch", "global_step", "pytorch-lightning_version"):
+        for key in ("epoch", "global_step", "pytorch-lightning_version", "hyper_parameters", "hparams"):
             if key in obj:
-                lines.append(f"{key}: {obj[key]}")
+                lines.append(f"{key}: {to_builtin(obj[key])}")
     state_dict = _extract_state_dict(obj, path)
     n_params = sum(v.numel() for v in state_dict.values() if isinstance(v, torch.Tensor))
     lines.append(f"state_dict: {len(state_dict)} entries, {n_params:,} elements")

@@ -238,3 +238,36 @@ def test_init_from_ckpt_ignore_keys(tmp_path):
     m = instantiate_from_config(cfg)
     assert torch.equal(m.encoder.conv_in.weight, case["state_dict"]["encoder.conv_in.weight"])
     assert not torch.equal(m.decoder.conv_in.weight, case["state_dict"]["decoder.conv_in.weight"])
+
+
+def test_quantizer_remap_shapes_and_straight_through(tmp_path):
+    import numpy as np
+
+    from ldm.modules.vqvae.quantize import VectorQuantizer2
+
+    torch.manual_seed(0)
+    vq = VectorQuantizer2(8, 4, beta=0.25, sane_index_shape=True)
+    z = torch.randn(2, 4, 3, 5, requires_grad=True)
+    z_q, loss, (_, _, ind) = vq(z)
+    assert ind.shape == (2, 3, 5) and z_q.shape == z.shape
+    ref = torch.cdist(z.detach().permute(0, 2, 3, 1).reshape(-1, 4), vq.embedding.weight.detach()).argmin(1)
+    assert torch.equal(ind.reshape(-1), ref)
+    assert_close(vq.get_codebook_entry(ind.reshape(-1), (2, 3, 5, 4)), z_q.detach(), "get_codebook_entry")
+    z_q.sum().backward()  # straight-through: d z_q / d z is the identity
+    assert torch.equal(z.grad, torch.ones_like(z))
+    commit = torch.mean((z_q.detach() - z.detach()) ** 2)
+    assert_close(loss, commit * 1.25, "legacy loss = (1 + beta) * mse in value")
+
+    np.save(tmp_path / "used.npy", np.array([2, 5, 7]))
+    extra = VectorQuantizer2(8, 4, beta=0.25, remap=str(tmp_path / "used.npy"), unknown_index="extra")
+    assert extra.re_embed == 4 and extra.used.tolist() == [2, 5, 7]
+    inds = torch.tensor([[2, 7, 3], [5, 0, 2]])
+    mapped = extra.remap_to_used(inds)
+    assert mapped.tolist() == [[0, 2, 3], [1, 3, 0]]  # unknown codes -> the extra index 3
+    assert extra.unmap_to_all(mapped.clone()).tolist() == [[2, 7, 2], [5, 2, 2]]  # extra maps back to used[0]
+    fixed = VectorQuantizer2(8, 4, beta=0.25, remap=str(tmp_path / "used.npy"), unknown_index=1)
+    assert fixed.remap_to_used(inds).tolist() == [[0, 2, 1], [1, 1, 0]]
+    with pytest.raises(ValueError, match="unknown_index"):
+        VectorQuantizer2(8, 4, beta=0.25, remap=str(tmp_path / "used.npy"), unknown_index="nearest")
+    with pytest.raises(ValueError, match="Gumbel"):
+        vq(z, temp=0.5)

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from ldm.checkpoint import (InvalidCheckpointError, StandIn, UnsafeCheckpointError, is_stand_in, load_checkpoint,
-                            load_state_dict, main, restricted_pickle_module, save_checkpoint_atomic)
+                            load_state_dict, main, restricted_pickle_module, save_checkpoint_atomic, to_builtin)
 
-LIGHTNING_ROOTS = ("pytorch_lightning", "lightning", "lightning_fabric", "omegaconf")
+LIGHTNING_ROOTS = ("pytorch_lightning", "lightning", "lightning_fabric", "omegaconf", "argparse")
 
 
 def tiny_model() -> nn.Module:
@@ -43,21 +43,15 @@ def assert_same_model(state_dict) -> None:
 
 @pytest.fixture
 def lightning_classes(monkeypatch):
-    """Local classes posing as Lightning / omegaconf ones, importable under those names only while saving."""
+    """Local classes posing as Lightning ones, importable under those names only while saving."""
     class ModelCheckpoint:
         pass
 
     class AttributeDict(dict):
         pass
 
-    class DictConfig:
-        def __init__(self, content):
-            self._content = content
-            self._parent = None
-
     fakes = {"pytorch_lightning.callbacks.model_checkpoint": ModelCheckpoint,
-             "pytorch_lightning.utilities.parsing": AttributeDict,
-             "omegaconf.dictconfig": DictConfig}
+             "pytorch_lightning.utilities.parsing": AttributeDict}
     installed = []
     for module_name, cls in fakes.items():
         cls.__module__, cls.__qualname__ = module_name, cls.__name__
@@ -73,8 +67,7 @@ def lightning_classes(monkeypatch):
         for name in installed:
             monkeypatch.delitem(sys.modules, name, raising=False)
 
-    return types.SimpleNamespace(ModelCheckpoint=ModelCheckpoint, AttributeDict=AttributeDict,
-                                 DictConfig=DictConfig, remove=remove)
+    return types.SimpleNamespace(ModelCheckpoint=ModelCheckpoint, AttributeDict=AttributeDict, remove=remove)
 
 
 @pytest.fixture
@@ -104,7 +97,11 @@ def forbid_lightning_imports(monkeypatch):
 
 def lightning_checkpoint(classes) -> dict:
     model = tiny_model()
-    hparams = classes.AttributeDict(lr=4.5e-6, cfg=classes.DictConfig({"channels": 4}))
+    from omegaconf import OmegaConf  # the real one: its pickles name omegaconf and typing internals
+
+    cfg = OmegaConf.create({"target": "ldm.models.diffusion.ddpm.LatentDiffusion",
+                            "params": {"channels": 4, "scale": "${factor}", "keys": [1, 2]}, "factor": 0.18})
+    hparams = classes.AttributeDict(lr=4.5e-6, cfg=cfg)
     hparams.extra = "attr"
     trained = tiny_model()  # a copy that takes one step, for a realistic optimizer state
     opt = torch.optim.AdamW(trained.parameters(), lr=1e-3)
@@ -152,7 +149,9 @@ def test_lightning_checkpoint_loads_with_stand_ins(tmp_path, lightning_classes, 
     hp = ckpt["hyper_parameters"]
     assert type(hp).__qualname__ == "AttributeDict" and hp["lr"] == 4.5e-6 and hp.lr == 4.5e-6
     assert hp.extra == "attr"
-    assert type(hp["cfg"]).__module__ == "omegaconf.dictconfig" and hp["cfg"]._content == {"channels": 4}
+    assert type(hp["cfg"]).__module__ == "omegaconf.dictconfig" and is_stand_in(hp["cfg"])
+    assert to_builtin(hp)["cfg"] == {"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "factor": 0.18,
+                                     "params": {"channels": 4, "scale": "${factor}", "keys": [1, 2]}}
     ns = ckpt["hparams_namespace"]
     assert type(ns).__module__ == "argparse" and (ns.base, ns.gpus) == (["a.yaml"], "0,")
 
@@ -173,7 +172,8 @@ def test_loaded_checkpoint_with_stand_ins_can_be_saved_and_copied(tmp_path, ligh
     reloaded = load_checkpoint(again)
     assert "optimizer_states" not in reloaded
     assert set(reloaded["callbacks"]) == set(ckpt["callbacks"])  # the same cached stand-in classes
-    assert reloaded["hyper_parameters"] == ckpt["hyper_parameters"]
+    assert to_builtin(reloaded["hyper_parameters"]) == to_builtin(ckpt["hyper_parameters"])
+    assert to_builtin(reloaded["hyper_parameters"])["cfg"]["params"]["channels"] == 4
     assert copy.deepcopy(ckpt["hparams_namespace"]).gpus == "0,"
 
 
@@ -298,7 +298,8 @@ def test_convert_command(tmp_path, lightning_classes, capsys):
     with safe_open(tmp_path / "model.safetensors", framework="pt") as f:
         assert f.metadata()["global_step"] == "1234"
     assert main(["info", str(tmp_path / "model.ckpt")]) == 0
-    assert "global_step: 1234" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "global_step: 1234" in out and "'lr': 4.5e-06" in out
     assert main(["convert", str(tmp_path / "missing.ckpt"), str(tmp_path / "x.safetensors")]) == 1
 
 

@@ -135,6 +135,15 @@ def write_tiny_clip(folder: Path, dim: int = 16) -> Path:
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; on shared cores more threads only contend."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def txt2img_ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("txt2img")

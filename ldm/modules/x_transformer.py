@@ -405,17 +405,18 @@ class Attention(nn.Module):
         if exists(rel_pos):
             dots = rel_pos(dots)
 
+        # in place, as in the original: without talking heads the returned pre-softmax logits carry the masks
         if exists(input_mask):
-            dots = dots.masked_fill(~input_mask, mask_value)
+            dots.masked_fill_(~input_mask, mask_value)
 
         if self.causal:
             i, j = dots.shape[-2:]
-            dots = dots.masked_fill(self._causal_mask(i, j, device), mask_value)
+            dots.masked_fill_(self._causal_mask(i, j, device), mask_value)
 
         if exists(self.sparse_topk) and self.sparse_topk < dots.shape[-1]:
             top, _ = dots.topk(self.sparse_topk, dim=-1)
             vk = top[..., -1].unsqueeze(-1).expand_as(dots)
-            dots = dots.masked_fill(dots < vk, mask_value)
+            dots.masked_fill_(dots < vk, mask_value)
 
         attn = self.attn_fn(dots, dim=-1)  # (B, h, N, M)
         post_softmax_attn = attn

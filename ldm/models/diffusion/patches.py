@@ -42,8 +42,11 @@ class PatchwiseMixin:
         return torch.cat([y, x], dim=-1)
 
     def delta_border(self, h: int, w: int) -> torch.Tensor:
-        """(h, w) normalised distance to the nearest border: 0 at the border, 0.5 at the centre."""
-        lower_right_corner = torch.tensor([h - 1, w - 1]).view(1, 1, 2)
+        """(h, w) normalised distance to the nearest border: 0 at the border, 0.5 at the centre.
+
+        A length-1 axis is all border (the original divided by zero there).
+        """
+        lower_right_corner = torch.tensor([max(h - 1, 1), max(w - 1, 1)]).view(1, 1, 2)
         arr = self.meshgrid(h, w) / lower_right_corner
         dist_left_up = torch.min(arr, dim=-1, keepdim=True)[0]
         dist_right_down = torch.min(1 - arr, dim=-1, keepdim=True)[0]
