@@ -70,6 +70,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("-s", "--seed", type=int, default=23, help="seed for seed_everything")
     parser.add_argument("-f", "--postfix", type=str, default="", help="post-postfix for default name")
     parser.add_argument("-l", "--logdir", type=str, default="logs", help="directory for logging data")
+    parser.add_argument("--check_images", type=int, default=10000, metavar="N",
+                        help="before training, decode every image file of datasets with at most N files, so a "
+                             "corrupt image stops the run at once with its path (0 switches the check off)")
     parser.add_argument("--scale_lr", type=str2bool, nargs="?", const=True, default=True,
                         help="scale base-lr by ngpu * batch_size * n_accumulate")
     trainer = parser.add_argument_group("trainer", "Lightning Trainer options (override lightning.trainer.*)")
@@ -149,6 +152,14 @@ def resolve_run_dirs(opt: argparse.Namespace, now: str) -> tuple[str, str, str]:
     return os.path.join(opt.logdir, nowname), nowname, ""
 
 
+def build(config_files: list[str], config: DictConfig) -> Any:
+    """`instantiate_from_config`, with the config files named in any error."""
+    try:
+        return instantiate_from_config(config)
+    except ConfigError as err:
+        raise UsageError(f"config error in {', '.join(config_files)}: {err}")
+
+
 def load_configs(paths: list[str], overrides: DictConfig) -> DictConfig:
     if not paths:
         raise UsageError("no config given: pass one or more with --base configs/<...>.yaml")
@@ -198,6 +209,44 @@ def build_trainer_config(opt: argparse.Namespace, lightning_config: DictConfig) 
     if n_devices > 1 and "strategy" not in trainer_config:
         trainer_config["strategy"] = "ddp"
     return trainer_config, n_devices
+
+
+def adapt_trainer_to_manual_optimization(model: pl.LightningModule, trainer_args: dict[str, Any]) -> None:
+    """Models that step their own optimizers (the autoencoders' generator/discriminator pair) accumulate
+    gradients themselves: Lightning 2.x refuses ``accumulate_grad_batches`` for them, so the value goes
+    to the model instead of the Trainer. Their alternating optimizers leave some parameters without
+    gradients in each step, which DDP must be told about."""
+    accumulate = trainer_args.pop("accumulate_grad_batches", None)
+    if accumulate is not None:
+        if not hasattr(model, "accumulate_grad_batches"):
+            raise UsageError(f"lightning.trainer.accumulate_grad_batches={accumulate} is not supported by "
+                             f"{type(model).__name__}, which uses manual optimization")
+        model.accumulate_grad_batches = int(accumulate)
+    if trainer_args.get("strategy") == "ddp":
+        trainer_args["strategy"] = "ddp_find_unused_parameters_true"
+
+
+def check_image_files(data: Any, limit: int) -> None:
+    """Decode every image of each dataset that lists its files (``labels["file_path_"]``) and has at most
+    ``limit`` of them; a corrupt or unreadable file raises with its path before training starts."""
+    from PIL import Image
+
+    for split, dataset in data.datasets.items():
+        inner = getattr(dataset, "data", dataset)  # WrappedDataset
+        paths = getattr(inner, "labels", {}).get("file_path_") if isinstance(getattr(inner, "labels", None), dict) else None
+        if not paths:
+            continue
+        if len(paths) > limit:
+            logger.info("%s: %d image files, more than --check_images %d: not checked ahead of training",
+                        split, len(paths), limit)
+            continue
+        for path in paths:
+            try:
+                with Image.open(path) as img:
+                    img.load()
+            except Exception as err:  # noqa: BLE001 - any decoder failure means the file is unusable
+                raise UsageError(f"data.params.{split}: image file {path!r} cannot be read ({err}); "
+                                 f"remove or replace it (or pass --check_images 0 to skip this check)")
 
 
 def make_logger(logdir: str, lightning_config: DictConfig) -> Any:
@@ -277,13 +326,15 @@ def main(argv: list[str] | None = None) -> None:
     # Data first: a missing data path fails here, before the model is built.
     data = None
     if "data" in config:
-        data = instantiate_from_config(config.data)
+        data = build(opt.base, config.data)
         data.prepare_data()
         data.setup(stage="fit" if opt.train else "test")
         for name, dataset in data.datasets.items():
             logger.info("%s: %s with %d examples", name, dataset.__class__.__name__, len(dataset))
+        if opt.train and opt.check_images > 0:
+            check_image_files(data, opt.check_images)
 
-    model = instantiate_from_config(config.model)
+    model = build(opt.base, config.model)
 
     trainer_kwargs = {
         "logger": make_logger(logdir, lightning_config),
@@ -291,13 +342,16 @@ def main(argv: list[str] | None = None) -> None:
         "plugins": [AtomicCheckpointIO()],
         "default_root_dir": logdir,
     }
-    trainer = Trainer(**OmegaConf.to_container(trainer_config, resolve=True), **trainer_kwargs)
+    trainer_args = OmegaConf.to_container(trainer_config, resolve=True)
+    accumulate = trainer_args.get("accumulate_grad_batches", 1) or 1
+    if not model.automatic_optimization:
+        adapt_trainer_to_manual_optimization(model, trainer_args)
+    trainer = Trainer(**trainer_args, **trainer_kwargs)
     trainer.logdir = logdir
 
     base_lr = config.model.get("base_learning_rate", getattr(model, "learning_rate", 1.0e-4))
     if data is not None and opt.scale_lr:
         bs = config.data.params.batch_size
-        accumulate = trainer_config.get("accumulate_grad_batches", 1) or 1
         n_nodes = trainer_config.get("num_nodes", 1) or 1
         model.learning_rate = accumulate * n_devices * n_nodes * bs * base_lr
         if trainer.global_rank == 0:
@@ -320,12 +374,5 @@ def main(argv: list[str] | None = None) -> None:
             shutil.move(logdir, dst)
 
 
-def cli() -> None:
-    try:
-        main()
-    except ConfigError as err:
-        raise SystemExit(f"main.py: config error: {err}")
-
-
 if __name__ == "__main__":
-    cli()
+    main()

@@ -57,3 +57,7 @@ def assert_close(ours, ref, name: str = "") -> None:
 @pytest.fixture
 def parity_case():
     return load_case
+
+
+# Tests run two pytest workers on two cores: one intra-op thread each avoids oversubscription.
+torch.set_num_threads(1)

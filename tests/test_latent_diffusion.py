@@ -333,7 +333,7 @@ class _Batches(torch.utils.data.Dataset):
 
 
 def test_short_lightning_fit(tmp_path):
-    m = tiny_ldm("class", ucg_rate=0.2, use_ema=True)
+    m = tiny_ldm("class", ucg_rate=0.2, use_ema=True, scale_by_std=True)
     m.learning_rate = 1e-3
     loader = torch.utils.data.DataLoader(_Batches(), batch_size=2)
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
@@ -345,3 +345,5 @@ def test_short_lightning_fit(tmp_path):
     assert int(m.model_ema.num_updates) == 2
     assert any(not torch.equal(before[k], v) for k, v in m.model.state_dict().items())
     assert "val/loss_simple_ema" in trainer.callback_metrics
+    first = torch.stack([_Batches()[i]["image"] for i in range(2)])
+    assert_close(m.scale_factor, 1.0 / first.flatten().std(), "scale_factor from the first batch only")

@@ -54,7 +54,19 @@ def _take_each(cond: Any, n: int) -> Any:
 
 
 class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, LatentImageLoggingMixin, DDPM):
-    """The main class: conditional or unconditional diffusion in a first-stage latent space."""
+    """The main class: conditional or unconditional diffusion in a first-stage latent space.
+
+    Attributes beyond the constructor arguments' namesakes:
+
+    - ``ucg_rate`` (float): during training (``self.training``), each element's raw conditioning is
+      replaced by the null one with this probability before encoding, for classifier-free guidance;
+      0.0 (the default, and the original behaviour) never replaces anything.
+    - ``ucg_class`` (int or None): the null class index for class labels; None means the cond stage's
+      last class (``n_classes - 1`` of a ClassEmbedder). Captions use ``""``.
+      `get_unconditional_conditioning(batch_size)` returns the encoded null conditioning for sampling.
+    - ``split_input_params`` (dict or None): switches on patch-wise processing (see `PatchwiseMixin`).
+    - ``scale_factor``: a float, or a buffer (saved in checkpoints) when ``scale_by_std``.
+    """
 
     def __init__(
         self,
@@ -388,8 +400,8 @@ class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, Latent
             timesteps = min(timesteps, start_T)
         if mask is not None and x0 is None:
             raise ValueError("mask needs x0 (the known latent); got x0=None")
-        if isinstance(temperature, float):
-            temperature = [temperature] * timesteps
+        if isinstance(temperature, (int, float)):
+            temperature = [float(temperature)] * timesteps
 
         for i in tqdm(reversed(range(0, timesteps)), desc="Progressive Generation", total=timesteps,
                       disable=not verbose):
