@@ -306,8 +306,11 @@ def main(argv: list[str] | None = None) -> None:
     now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
     sys.path.append(os.getcwd())
     parser = get_parser()
-    opt, unknown = parser.parse_known_args(argv)
-    overrides = parse_overrides(unknown)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # key=value overrides may stand anywhere, even right after a flag with an optional value (-t, --no-test).
+    dotlist = [a for a in argv if "=" in a and not a.startswith("-")]
+    opt, unknown = parser.parse_known_args([a for a in argv if a not in dotlist])
+    overrides = parse_overrides(unknown + dotlist)
     logdir, nowname, ckpt = resolve_run_dirs(opt, now)
     ckptdir = os.path.join(logdir, "checkpoints")
     cfgdir = os.path.join(logdir, "configs")

@@ -151,13 +151,21 @@ def test_sigkill_leaves_a_loadable_checkpoint_and_run_resumes(tmp_path):
 
 # Bad input: each fails before training, with a message naming the problem.
 
+def config_with_image_folder(tmp_path: Path, root: Path) -> Path:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(CONFIGS / "autoencoder_kl_tiny.yaml")
+    cfg.data.params.train = {"target": "ldm.data.custom.ImageFolderDataset", "params": {"root": str(root), "size": 16}}
+    path = tmp_path / "folder.yaml"
+    OmegaConf.save(cfg, path)
+    return path
+
+
 def test_missing_data_path(tmp_path):
     missing = tmp_path / "no_such_folder"
     with pytest.raises(Exception, match=str(missing)):
-        run_main(tmp_path / "logs", "-b", str(CONFIGS / "autoencoder_kl_tiny.yaml"), "-t",
-                 "data.params.train.target=ldm.data.custom.ImageFolderDataset",
-                 f"data.params.train.params={{root: {missing}, size: 16}}")
-    assert not list((tmp_path / "logs").glob("*/checkpoints/*.ckpt")) if (tmp_path / "logs").exists() else True
+        run_main(tmp_path / "logs", "-b", str(config_with_image_folder(tmp_path, missing)), "-t")
+    assert not list(tmp_path.glob("logs/*/checkpoints/*.ckpt"))
 
 
 def test_no_data_section(tmp_path):
@@ -192,7 +200,5 @@ def test_corrupt_image_is_named_before_training(tmp_path):
     bad = folder / "broken.png"
     bad.write_bytes((folder / "ok_0.png").read_bytes()[:40])
     with pytest.raises(SystemExit, match="broken.png"):
-        run_main(tmp_path / "logs", "-b", str(CONFIGS / "autoencoder_kl_tiny.yaml"), "-t",
-                 "data.params.train.target=ldm.data.custom.ImageFolderDataset",
-                 f"data.params.train.params={{root: {folder}, size: 16}}")
-    assert not list((tmp_path / "logs").glob("*/checkpoints/*.ckpt"))
+        run_main(tmp_path / "logs", "-b", str(config_with_image_folder(tmp_path, folder)), "-t")
+    assert not list(tmp_path.glob("logs/*/checkpoints/*.ckpt"))
