@@ -72,3 +72,22 @@ def test_log_txt_as_img_renders_text():
     assert img.min() >= -1 and img.max() <= 1
     assert (img[0] < 0.9).any(), "text pixels should be darker than the white canvas"
     assert torch.all(img[1] == 1.0), "an empty caption leaves the canvas white"
+
+
+@pytest.mark.parametrize("key,value", [("conditioning_key", "bogus"), ("parameterization", "v_pred")])
+def test_bad_model_option_names_value_and_config_path(key, value):
+    from conftest import REPO
+
+    cfg = OmegaConf.load(REPO / "tests" / "configs" / "train" / "ldm_cond_tiny.yaml")
+    cfg.model.params[key] = value
+    with pytest.raises(ConfigError, match=rf"^model \(ldm\.models\.diffusion\.ddpm\.LatentDiffusion\): {key} must be one of .*got '{value}'"):
+        instantiate_from_config(cfg.model)
+
+
+def test_nested_config_error_names_nested_path():
+    from conftest import REPO
+
+    cfg = OmegaConf.load(REPO / "tests" / "configs" / "train" / "ldm_cond_tiny.yaml")
+    cfg.model.params.unet_config.params.bogus_option = 1
+    with pytest.raises(ConfigError, match=r"^model\.params\.unet_config\.params: .*UNetModel takes no parameter 'bogus_option'"):
+        instantiate_from_config(cfg.model)
