@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def load_database(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not files:
         raise FileNotFoundError(f"no .npz files in the retrieval database {path}; {DATABASE_HINT}")
     parts: dict[str, list[np.ndarray]] = {}
-    for f in files:
+    for f in tqdm(files, desc=f"Loading {path.name}", disable=len(files) < 2):
         with np.load(f) as data:
             if "embedding" not in data.files:
                 raise ValueError(f"{f} has no 'embedding' array (arrays: {data.files})")

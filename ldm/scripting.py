@@ -70,7 +70,8 @@ def load_config(path: str | os.PathLike) -> DictConfig:
     """The YAML config at ``path``; it must have a ``model`` section."""
     config = OmegaConf.load(require_file(path, "config"))
     if not isinstance(config, DictConfig) or "model" not in config:
-        raise ValueError(f"config {path} has no 'model' section; keys: {list(config.keys()) if isinstance(config, DictConfig) else type(config).__name__}")
+        keys = list(config.keys()) if isinstance(config, DictConfig) else type(config).__name__
+        raise ValueError(f"config {path} has no 'model' section; found {keys}")
     return config
 
 
@@ -100,7 +101,8 @@ def strip_ckpt_paths(model_config: DictConfig) -> DictConfig:
 
 
 def _params(config: Any) -> Mapping:
-    params = config.get("params") if isinstance(config, Mapping) or isinstance(config, DictConfig) else None
+    """``config.params`` of a {target, params} mapping, {} when absent."""
+    params = config.get("params") if hasattr(config, "get") else None
     return params if params is not None else {}
 
 
@@ -201,14 +203,15 @@ def ema_weights(model: torch.nn.Module) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------------
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, config: str, ckpt: str, sampler: str | None = "ddim",
-                         seed: bool = True) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, config: str | None, ckpt: str | None,
+                         sampler: str | None = "ddim") -> None:
     """--config, --ckpt, --seed, --device and (unless ``sampler`` is None) --sampler."""
-    parser.add_argument("--config", type=str, default=config, help="path to the config that builds the model")
-    parser.add_argument("--ckpt", type=str, default=ckpt, help="path to the model's checkpoint")
-    if seed:
-        parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                            help="random seed (the same seed gives the same images)")
+    parser.add_argument("--config", type=str, default=config,
+                        help=f"path to the config that builds the model (default: {config or 'beside the checkpoint'})")
+    parser.add_argument("--ckpt", type=str, default=ckpt,
+                        help=f"path to the model's checkpoint (default: {ckpt or 'from --resume'})")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help="random seed (the same seed gives the same images)")
     parser.add_argument("--device", type=str, default=None,
                         help="torch device (default: cuda when available, else cpu)")
     if sampler is not None:

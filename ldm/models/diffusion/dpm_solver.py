@@ -16,12 +16,13 @@ second-order multistep update with the previous step s' (r = h_prev / h),
 
 The model is evaluated only at integer training steps (the steps it was trained on), so lambda comes
 straight from ``alphas_cumprod`` without interpolation. The grid runs from ``T - 1`` down to 0 in
-``S`` steps; the sample returned is x at step 0, where the model is never called. Steps are spread
-evenly in sqrt(t) by default ("time_quadratic", the reference code's option for few steps; also
-"time_uniform" and "logSNR"): on a discrete schedule, lambda climbs steeply over the last few
-training steps, and an evenly spaced grid leaves one long final step there that costs the
-second-order update its accuracy. As in the paper's reference code, the last step falls back to
-first order when fewer than 10 steps are taken ("lower_order_final").
+``S`` steps; the sample returned is x at step 0, where the model is never called. By default the
+steps are spread evenly in lambda ("logSNR", the reference code's choice for low resolutions such as
+latents); "time_quadratic" and "time_uniform" are there too. On a discrete schedule lambda climbs
+steeply over the last few training steps: an evenly spaced grid in t leaves one long final step
+there, which costs the second-order update its accuracy (benchmarks/sampler_accuracy.py measures
+it). As in the paper's reference code, the last step falls back to first order when fewer than 10
+steps are taken ("lower_order_final").
 """
 from __future__ import annotations
 
@@ -39,10 +40,10 @@ LOWER_ORDER_FINAL_BELOW = 10
 
 
 #: Ways to place the solver's steps between T-1 and 0 (the reference code's ``skip_type`` values).
-SKIP_TYPES = ("time_quadratic", "time_uniform", "logSNR")
+SKIP_TYPES = ("logSNR", "time_quadratic", "time_uniform")
 
 
-def solver_timesteps(lambdas: torch.Tensor, steps: int, skip_type: str = "time_quadratic") -> list[int]:
+def solver_timesteps(lambdas: torch.Tensor, steps: int, skip_type: str = "logSNR") -> list[int]:
     """``steps + 1`` strictly decreasing integer training steps from T-1 down to 0.
 
     ``time_uniform`` spaces them evenly in t, ``time_quadratic`` evenly in sqrt(t) (denser near the
@@ -121,7 +122,7 @@ class DPMSolverSampler:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) with the ``DDIMSampler.sample`` interface."""
 
     def __init__(self, model: torch.nn.Module, order: int = 2, lower_order_final: bool = True,
-                 skip_type: str = "time_quadratic"):
+                 skip_type: str = "logSNR"):
         if order not in (1, 2):
             raise ValueError(f"order must be 1 (DDIM) or 2 (DPM-Solver++(2M)); got {order}")
         if skip_type not in SKIP_TYPES:

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
+from ldm.models.diffusion.sampling_common import cat_conditioning
 from ldm.util import get_obj_from_str
 
 logger = logging.getLogger(__name__)
@@ -100,25 +101,6 @@ def check_conditioning_batch(conditioning: Any, batch_size: int) -> None:
     cbs = batch_size_of(conditioning)
     if cbs is not None and cbs != batch_size:
         logger.warning("got %d conditionings but batch-size is %d", cbs, batch_size)
-
-
-def cat_conditioning(uncond: Any, cond: Any) -> Any:
-    """``cat([uncond, cond])`` along the batch for tensors, lists of tensors and dicts of either."""
-    if isinstance(cond, dict):
-        if not isinstance(uncond, dict) or set(uncond) != set(cond):
-            raise TypeError(f"unconditional_conditioning must be a dict with the keys {sorted(cond)}; "
-                            f"got {type(uncond).__name__}")
-        return {k: cat_conditioning(uncond[k], cond[k]) for k in cond}
-    if isinstance(cond, (list, tuple)):
-        if not isinstance(uncond, (list, tuple)) or len(uncond) != len(cond):
-            raise TypeError(f"unconditional_conditioning must be a list of {len(cond)} tensors like the conditioning")
-        return [torch.cat([u, c]) for u, c in zip(uncond, cond)]
-    if isinstance(cond, torch.Tensor):
-        if not isinstance(uncond, torch.Tensor):
-            raise TypeError(f"unconditional_conditioning must be a tensor like the conditioning; "
-                            f"got {type(uncond).__name__}")
-        return torch.cat([uncond, cond])
-    raise TypeError(f"classifier-free guidance needs tensor, list or dict conditioning; got {type(cond).__name__}")
 
 
 def raw_model_output(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
