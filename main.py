@@ -265,7 +265,7 @@ def make_logger(logdir: str, lightning_config: DictConfig) -> Any:
 
 
 def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, model) -> list[pl.Callback]:
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.callbacks import ModelCheckpoint
 
     default_ckpt = {"dirpath": ckptdir, "filename": "{epoch:06}", "verbose": True, "save_last": True}
     if getattr(model, "monitor", None):
@@ -297,7 +297,6 @@ def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, 
         if cfg.get("target") == "main.ImageLogger":
             cfg.target = "ldm.callbacks.ImageLogger"
         callbacks.append(instantiate_from_config(cfg))
-    _ = LearningRateMonitor  # imported for the default config target
     return callbacks
 
 

@@ -34,7 +34,6 @@ import logging
 import os
 import pathlib
 import pickle
-import secrets
 import sys
 import tarfile
 import types
@@ -46,6 +45,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+
+from ldm.util import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -607,19 +608,6 @@ def _prepare_for_safetensors(state_dict: Mapping[str, Any]) -> dict[str, torch.T
     return out
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not possible on every platform (e.g. Windows); the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint_atomic(obj: Any, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
     """Save ``obj`` so that ``path`` holds either its old content or the complete new file, never a part.
 
@@ -631,9 +619,7 @@ def save_checkpoint_atomic(obj: Any, path: str | os.PathLike, metadata: Mapping[
     is_safetensors = path.suffix == _SAFETENSORS_SUFFIX
     if metadata is not None and not is_safetensors:
         raise ValueError(f"metadata is only stored in .safetensors files; got the path {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         if is_safetensors:
             from safetensors.torch import save_file
 
@@ -641,22 +627,8 @@ def save_checkpoint_atomic(obj: Any, path: str | os.PathLike, metadata: Mapping[
                 raise TypeError(f"a .safetensors file holds a dict of tensors; got {type(obj).__name__}")
             save_file(_prepare_for_safetensors(obj), str(tmp),
                       metadata=dict(metadata) if metadata is not None else None)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
         else:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            with os.fdopen(fd, "wb") as f:
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+            torch.save(obj, tmp)
     return path
 
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ldm.util import atomic_path
+
 logger = logging.getLogger(__name__)
 
 #: Retrieval databases of the original release (``--database`` of knn2img.py).
@@ -95,11 +97,8 @@ class NumpySearcher:
         return idx, np.take_along_axis(scores, idx, axis=1)
 
     def serialize(self, folder: str | os.PathLike) -> None:
-        os.makedirs(folder, exist_ok=True)
-        tmp = Path(folder, f".{NUMPY_SEARCHER_FILE}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_path(Path(folder, NUMPY_SEARCHER_FILE)) as tmp, open(tmp, "wb") as f:
             np.save(f, self.dataset)
-        os.replace(tmp, Path(folder, NUMPY_SEARCHER_FILE))
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "NumpySearcher":

@@ -22,7 +22,7 @@ from PIL import Image
 
 from ldm.models.diffusion.sampling import (SAMPLER_ALIASES, SAMPLERS, check_sampler_options, make_sampler,
                                           resolve_sampler_name)
-from ldm.util import instantiate_from_config
+from ldm.util import instantiate_from_config, atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -270,31 +270,16 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def save_array_image(arr: np.ndarray, path: str | os.PathLike) -> Path:
     """Write an (H, W[, C]) uint8 array as PNG through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(arr).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def save_npz(path: str | os.PathLike, *arrays: np.ndarray) -> Path:
     """``np.savez(path, *arrays)`` (keys ``arr_0``, ...) through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, *arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, *arrays)
+    return Path(path)
 
 
 def save_image(x: torch.Tensor, path: str | os.PathLike) -> Path:

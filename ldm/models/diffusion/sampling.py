@@ -23,7 +23,8 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from ldm.models.diffusion.sampling_common import cat_conditioning
+from ldm.models.diffusion.sampling_common import (batch_size_of, check_conditioning_batch,  # noqa: F401 (re-exported)
+                                                  guided_model_output, raw_model_output)
 from ldm.util import get_obj_from_str
 
 logger = logging.getLogger(__name__)
@@ -79,50 +80,6 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for tensor in model.buffers():
         return tensor.device
     return torch.device("cpu")
-
-
-def batch_size_of(conditioning: Any) -> int | None:
-    """The batch size of a conditioning (tensor, list of tensors, or dict of either), None when unknown."""
-    if isinstance(conditioning, dict):
-        if not conditioning:
-            return None
-        return batch_size_of(next(iter(conditioning.values())))
-    if isinstance(conditioning, (list, tuple)):
-        if conditioning and isinstance(conditioning[0], torch.Tensor):
-            return conditioning[0].shape[0]
-        return len(conditioning)
-    if isinstance(conditioning, torch.Tensor):
-        return conditioning.shape[0]
-    return None
-
-
-def check_conditioning_batch(conditioning: Any, batch_size: int) -> None:
-    """Warn, as the original samplers do, when the conditioning batch differs from ``batch_size``."""
-    cbs = batch_size_of(conditioning)
-    if cbs is not None and cbs != batch_size:
-        logger.warning("got %d conditionings but batch-size is %d", cbs, batch_size)
-
-
-def raw_model_output(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-    """The denoiser's output (eps or x0, per ``model.parameterization``) for a batch at integer steps ``t``."""
-    if hasattr(model, "apply_model"):  # LatentDiffusion: conditioning routed by its conditioning_key
-        return model.apply_model(x, t, cond)
-    if cond is not None:
-        raise ValueError(f"{type(model).__name__} is unconditional; got a conditioning of type {type(cond).__name__}")
-    return model.model(x, t)  # pixel-space DDPM: DiffusionWrapper without conditioning
-
-
-def guided_model_output(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Any,
-                        unconditional_conditioning: Any = None,
-                        unconditional_guidance_scale: float = 1.0) -> torch.Tensor:
-    """Model output with classifier-free guidance, ``e_u + s * (e_c - e_u)``, in one batched forward."""
-    if unconditional_conditioning is None or unconditional_guidance_scale == 1.0:
-        return raw_model_output(model, x, t, cond)
-    x_in = torch.cat([x] * 2)  # (2B, C, H, W)
-    t_in = torch.cat([t] * 2)  # (2B,)
-    c_in = cat_conditioning(unconditional_conditioning, cond)
-    e_uncond, e_cond = raw_model_output(model, x_in, t_in, c_in).chunk(2)
-    return e_uncond + unconditional_guidance_scale * (e_cond - e_uncond)
 
 
 def _unsupported(name: str, value: Any, default: Any, sampler: str) -> None:

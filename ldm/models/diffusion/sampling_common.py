@@ -35,12 +35,48 @@ def cat_conditioning(uc: Any, c: Any) -> Any:
     return torch.cat([uc, c])
 
 
-def _conditioning_batch_size(conditioning: Any) -> int | None:
+def batch_size_of(conditioning: Any) -> int | None:
+    """The batch size of a conditioning (tensor, list of tensors, or dict of either), None when unknown."""
     if isinstance(conditioning, dict):
-        conditioning = conditioning[list(conditioning.keys())[0]]
-    if isinstance(conditioning, list):
-        conditioning = conditioning[0] if conditioning else None
-    return int(conditioning.shape[0]) if isinstance(conditioning, torch.Tensor) else None
+        if not conditioning:
+            return None
+        return batch_size_of(next(iter(conditioning.values())))
+    if isinstance(conditioning, (list, tuple)):
+        if conditioning and isinstance(conditioning[0], torch.Tensor):
+            return conditioning[0].shape[0]
+        return len(conditioning)
+    if isinstance(conditioning, torch.Tensor):
+        return conditioning.shape[0]
+    return None
+
+
+def check_conditioning_batch(conditioning: Any, batch_size: int) -> None:
+    """Warn, as the original samplers do, when the conditioning batch differs from ``batch_size``."""
+    cbs = batch_size_of(conditioning)
+    if cbs is not None and cbs != batch_size:
+        logger.warning("got %d conditionings but batch-size is %d", cbs, batch_size)
+
+
+def raw_model_output(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+    """The denoiser's output (eps or x0, per ``model.parameterization``) for a batch at integer steps ``t``."""
+    if hasattr(model, "apply_model"):  # LatentDiffusion: conditioning routed by its conditioning_key
+        return model.apply_model(x, t, cond)
+    if cond is not None:
+        raise ValueError(f"{type(model).__name__} is unconditional; got a conditioning of type {type(cond).__name__}")
+    return model.model(x, t)  # pixel-space DDPM: DiffusionWrapper without conditioning
+
+
+def guided_model_output(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Any,
+                        unconditional_conditioning: Any = None,
+                        unconditional_guidance_scale: float = 1.0) -> torch.Tensor:
+    """Model output with classifier-free guidance, ``e_u + s * (e_c - e_u)``, in one batched forward."""
+    if unconditional_conditioning is None or unconditional_guidance_scale == 1.0:
+        return raw_model_output(model, x, t, cond)
+    x_in = torch.cat([x] * 2)  # (2B, C, H, W)
+    t_in = torch.cat([t] * 2)  # (2B,)
+    c_in = cat_conditioning(unconditional_conditioning, cond)
+    e_uncond, e_cond = raw_model_output(model, x_in, t_in, c_in).chunk(2)
+    return e_uncond + unconditional_guidance_scale * (e_cond - e_uncond)
 
 
 class DDIMScheduleSampler(abc.ABC):
@@ -75,6 +111,10 @@ class DDIMScheduleSampler(abc.ABC):
     def make_schedule(self, ddim_num_steps: int, ddim_discretize: str = "uniform", ddim_eta: float = 0.0,
                       verbose: bool = True) -> None:
         """Select ``ddim_num_steps`` timesteps and compute alpha_t, alpha_{t-1}, sigma_t on them."""
+        if not 0 < ddim_num_steps < self.ddpm_num_timesteps:
+            # The schedule shifts every step by one, so S == T would ask for step T, past the last one.
+            raise ValueError(f"the number of DDIM steps must be between 1 and {self.ddpm_num_timesteps - 1} "
+                             f"(the model has {self.ddpm_num_timesteps} timesteps); got {ddim_num_steps}")
         self.ddim_timesteps = make_ddim_timesteps(ddim_discr_method=ddim_discretize,
                                                   num_ddim_timesteps=ddim_num_steps,
                                                   num_ddpm_timesteps=self.ddpm_num_timesteps, verbose=verbose)
@@ -109,14 +149,7 @@ class DDIMScheduleSampler(abc.ABC):
                          unconditional_conditioning: Any = None, score_corrector: Any = None,
                          corrector_kwargs: dict | None = None) -> torch.Tensor:
         """Predicted noise, with classifier-free guidance in one batched forward pass when asked."""
-        if unconditional_conditioning is None or unconditional_guidance_scale == 1.0:
-            e_t = self.model.apply_model(x, t, c)
-        else:
-            x_in = torch.cat([x] * 2)  # (2B, C, H, W): unconditional half first
-            t_in = torch.cat([t] * 2)
-            c_in = cat_conditioning(unconditional_conditioning, c)
-            e_t_uncond, e_t = self.model.apply_model(x_in, t_in, c_in).chunk(2)
-            e_t = e_t_uncond + unconditional_guidance_scale * (e_t - e_t_uncond)
+        e_t = guided_model_output(self.model, x, t, c, unconditional_conditioning, unconditional_guidance_scale)
         if score_corrector is not None:
             if self.model.parameterization != "eps":
                 raise ValueError(f"score_corrector needs parameterization 'eps'; got {self.model.parameterization!r}")
@@ -214,9 +247,7 @@ class DDIMScheduleSampler(abc.ABC):
         ``unconditional_conditioning`` has the form of ``conditioning`` (e.g. the encoded empty caption);
         ``normals_sequence`` is accepted for compatibility and unused, as in the original.
         """
-        cbs = _conditioning_batch_size(conditioning)
-        if cbs is not None and cbs != batch_size:
-            logger.warning("Got %d conditionings but batch-size is %d", cbs, batch_size)
+        check_conditioning_batch(conditioning, batch_size)
         self.make_schedule(ddim_num_steps=S, ddim_eta=eta, verbose=verbose)
         C, H, W = shape
         size = (batch_size, C, H, W)
