@@ -42,7 +42,9 @@ TARGET_ALIASES = {
     "taming.data.faceshq.FFHQValidation": "ldm.data.faceshq.FFHQValidation",
 }
 
-DEFAULT_FONT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "DejaVuSans.ttf")
+#: The checkout (or installed source tree) that holds configs/, data/ and models/.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_FONT = str(REPO_ROOT / "data" / "DejaVuSans.ttf")
 
 
 class ConfigError(ValueError, TypeError):
@@ -144,6 +146,16 @@ def instantiate_from_config(config: Any, where: str | None = None, **extra: Any)
         raise  # already names the nested config it came from
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{where} ({target}): {err}") from err
+
+
+def resolve_path(path: str | os.PathLike) -> str:
+    """``path`` itself when it exists or is absolute, else the same relative path inside the repository
+    when it exists there, else ``path`` unchanged (the caller reports it as missing)."""
+    path = os.fspath(path)
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    in_repo = REPO_ROOT / path
+    return str(in_repo) if in_repo.exists() else path
 
 
 def exists(x: Any) -> bool:

@@ -35,8 +35,8 @@ LDM_CONFIG = REPO / "configs" / "demo" / "ldm_shapes_cond.yaml"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--outdir", default="outputs/demo", help="where runs and the sample grid go")
-    p.add_argument("--ae_steps", type=int, default=600, help="autoencoder optimizer steps (generator + discriminator)")
-    p.add_argument("--ldm_steps", type=int, default=2000, help="LDM optimizer steps")
+    p.add_argument("--ae_steps", type=int, default=2000, help="autoencoder optimizer steps (generator + discriminator)")
+    p.add_argument("--ldm_steps", type=int, default=2500, help="LDM optimizer steps")
     p.add_argument("--n_per_class", type=int, default=8, help="samples per class in the grid")
     p.add_argument("--ddim_steps", type=int, default=50, help="DDIM steps for sampling")
     p.add_argument("--scale", type=float, default=3.0, help="classifier-free guidance scale")

@@ -62,7 +62,7 @@ def test_autoencoder_trains_with_discriminator_and_resumes(tmp_path):
     assert changed, "resumed training did not update the decoder"
 
 
-@pytest.mark.parametrize("config", ["ldm_uncond_tiny", "ldm_cond_tiny"])
+@pytest.mark.parametrize("config", ["ldm_uncond_tiny", "ldm_cond_tiny", "ldm_txt_tiny"])
 def test_ldm_trains_and_resumes_with_step_and_ema(tmp_path, config):
     logdir = run_main(tmp_path, "-b", str(CONFIGS / f"{config}.yaml"), "-t", "--no-test")
     assert_run_layout(logdir)

@@ -24,11 +24,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
+from ldm.util import REPO_ROOT, resolve_path  # noqa: F401 (resolve_path is used by the dataset modules)
+
 logger = logging.getLogger(__name__)
 
 #: The repository checkout; relative data paths of the original configs (``data/lsun/...``) are
 #: looked up in the working directory first, then here.
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: File endings read as images when a folder is scanned.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif")
@@ -56,16 +57,6 @@ def resampling(name: str) -> Image.Resampling:
     if name not in RESAMPLING:
         raise ValueError(f"interpolation must be one of {', '.join(RESAMPLING)}; got {name!r}")
     return RESAMPLING[name]
-
-
-def resolve_path(path: str | os.PathLike) -> str:
-    """``path`` itself when it exists or is absolute, else the same relative path inside the repository
-    when it exists there, else ``path`` unchanged (the caller reports it as missing)."""
-    path = os.fspath(path)
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    in_repo = REPO_ROOT / path
-    return str(in_repo) if in_repo.exists() else path
 
 
 def read_lines(path: str | os.PathLike, what: str) -> list[str]:

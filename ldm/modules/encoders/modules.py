@@ -25,6 +25,7 @@ import torch.nn as nn
 from einops import repeat
 
 from ldm.modules.x_transformer import Encoder, TransformerWrapper
+from ldm.util import resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class BERTTokenizer(AbstractEncoder):
         if self._tokenizer is None:
             from transformers import BertTokenizerFast
 
-            name = self.tokenizer_path or BERT_TOKENIZER_NAME
+            name = resolve_path(self.tokenizer_path) if self.tokenizer_path else BERT_TOKENIZER_NAME
             self._tokenizer = _load_pretrained(
                 BertTokenizerFast, name, "BERTTokenizer", BERT_TOKENIZER_FILES,
                 f"python -c \"from transformers import BertTokenizerFast; "
