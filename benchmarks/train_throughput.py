@@ -6,7 +6,8 @@
 Each config is built from its YAML, then trained for ``--warmup`` steps (not timed) and ``--steps``
 timed steps on batches of the embedded shapes dataset, through the model's own ``training_step``
 logic (for the autoencoder: the generator step, then the discriminator step, as in training with the
-discriminator switched on). Peak memory is the process's peak resident set size on the CPU, and
+discriminator switched on). Each config runs in a process of its own; peak memory is that process's
+peak resident set size on the CPU (the Python interpreter, torch and the data included), and
 ``torch.cuda.max_memory_allocated`` on CUDA.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -114,17 +116,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps per config")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS), help="which configs")
+    p.add_argument("--row", action="store_true", help=argparse.SUPPRESS)
     opt = p.parse_args(argv)
     device = torch.device(opt.device)
     torch.manual_seed(0)
-    print(f"device: {device}  torch {torch.__version__}  threads: {torch.get_num_threads()}")
-    print(f"{'config':<24}{'batch':>6}{'params (M)':>12}{'s/step':>9}{'img/s':>9}{'peak MiB':>10}")
-    for name in opt.configs:
-        r = run(name, CONFIGS[name], device, opt.steps, opt.warmup)
+    if opt.row:  # one config in this process, so that its peak memory is its own
+        r = run(opt.configs[0], CONFIGS[opt.configs[0]], device, opt.steps, opt.warmup)
         print(f"{r['name']:<24}{r['batch']:>6}{r['params_M']:>12.2f}{r['s_per_step']:>9.3f}"
               f"{r['img_per_s']:>9.1f}{r['peak_MiB']:>10.0f}", flush=True)
-    if device.type == "cpu":
-        print("(CPU peak memory is the process's peak RSS so far, so it only grows from one row to the next)")
+        return
+    print(f"device: {device}  torch {torch.__version__}  threads: {torch.get_num_threads()}")
+    print(f"{'config':<24}{'batch':>6}{'params (M)':>12}{'s/step':>9}{'img/s':>9}{'peak MiB':>10}", flush=True)
+    for name in opt.configs:
+        subprocess.run([sys.executable, __file__, "--row", "--configs", name, "--device", opt.device,
+                        "--steps", str(opt.steps), "--warmup", str(opt.warmup)], check=True)
 
 
 if __name__ == "__main__":
