@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import einsum, nn
 
+from ldm.modules.attention import GEGLU, FeedForward  # noqa: F401 (the same blocks, re-exported)
+
 DEFAULT_DIM_HEAD = 64
 LAYER_TYPES = ("a", "c", "f")
 
@@ -228,45 +230,6 @@ class GRUGating(nn.Module):
             rearrange(residual, "b n d -> (b n) d"),
         )
         return gated_output.reshape_as(x)
-
-
-# feedforward
-
-class GEGLU(nn.Module):
-    """Gated GELU unit (Shazeer 2020)."""
-
-    def __init__(
-        self,
-        dim_in: int,  # input features
-        dim_out: int,  # output features
-    ) -> None:
-        super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, gate = self.proj(x).chunk(2, dim=-1)
-        return x * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    """Transformer MLP: Linear-GELU (or GEGLU), dropout, Linear."""
-
-    def __init__(
-        self,
-        dim: int,  # input features
-        dim_out: int | None = None,  # output features; None = dim
-        mult: float = 4,  # hidden width as a multiple of dim
-        glu: bool = False,  # gated hidden layer (GEGLU)
-        dropout: float = 0.0,  # dropout on the hidden layer
-    ) -> None:
-        super().__init__()
-        inner_dim = int(dim * mult)
-        dim_out = default(dim_out, dim)
-        project_in = nn.Sequential(nn.Linear(dim, inner_dim), nn.GELU()) if not glu else GEGLU(dim, inner_dim)
-        self.net = nn.Sequential(project_in, nn.Dropout(dropout), nn.Linear(inner_dim, dim_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 # attention
