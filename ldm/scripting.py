@@ -304,6 +304,14 @@ def prompt_filename(prompt: str) -> str:
     return (name or "empty-prompt") + ".png"
 
 
+def prepare_outdir(outdir: str | os.PathLike) -> tuple[str, int, int]:
+    """Create ``<outdir>/samples``; returns its path and the numbers the next sample and the next grid
+    get, so that repeated runs into one folder add files instead of overwriting them (as the original)."""
+    sample_path = os.path.join(outdir, "samples")
+    os.makedirs(sample_path, exist_ok=True)
+    return sample_path, count_entries(sample_path), count_entries(outdir) - 1
+
+
 def count_entries(folder: str | os.PathLike) -> int:
     """Entries in ``folder`` (0 if it does not exist): the original scripts' running file index."""
     return len(os.listdir(folder)) if os.path.isdir(folder) else 0

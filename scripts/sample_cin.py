@@ -80,10 +80,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     model, _ = scripting.load_model(config, opt.ckpt, device)
     sampler = make_sampler(sampler_name, model)
-    sample_path = os.path.join(opt.outdir, "samples")
-    os.makedirs(sample_path, exist_ok=True)
-    base_count = scripting.count_entries(sample_path)
-    grid_count = scripting.count_entries(opt.outdir) - 1
+    sample_path, base_count, grid_count = scripting.prepare_outdir(opt.outdir)
     summary = scripting.OutputSummary()
     n = opt.n_samples_per_class
     scripting.seed_everything(opt.seed)

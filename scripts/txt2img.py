@@ -68,9 +68,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     model, _ = scripting.load_model(config, opt.ckpt, device)
     sampler = make_sampler(sampler_name, model)
-    sample_path = os.path.join(opt.outdir, "samples")
-    os.makedirs(sample_path, exist_ok=True)
-    base_count = scripting.count_entries(sample_path)
+    sample_path, base_count, _ = scripting.prepare_outdir(opt.outdir)
     summary = scripting.OutputSummary()
     scripting.seed_everything(opt.seed)
 
