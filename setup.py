@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 setup(
     name="latent-diffusion",
     version="0.1.0",
-    description="Latent diffusion models (Rombach et al., CVPR 2022): training, sampling and evaluation",
+    description="Latent diffusion models (Rombach et al., CVPR 2022): training and sampling",
     packages=find_packages(include=["ldm", "ldm.*"]),
     py_modules=["main"],
     python_requires=">=3.10",
