@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm import scripting  # noqa: E402
+from ldm.scripting.cli import check_positive, run_script  # noqa: E402
+from ldm.scripting.loading import choose_device  # noqa: E402
 from ldm.evaluation import metrics as M  # noqa: E402
 from ldm.evaluation.evaluate import (Settings, default_cache_dir, evaluate, format_table, parse_metrics,  # noqa: E402
                                      write_json)
@@ -58,8 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings = Settings(metrics=parse_metrics(opt.metrics), isc_splits=opt.isc_splits, kid_subsets=opt.kid_subsets,
                         kid_subset_size=opt.kid_subset_size, prc_neighborhood=opt.prc_neighborhood, seed=opt.seed)
     for name in ("batch_size", "isc_splits", "kid_subsets", "kid_subset_size", "prc_neighborhood"):
-        scripting.check_positive(f"--{name}", getattr(opt, name))
-    device = scripting.choose_device(opt.device)
+        check_positive(f"--{name}", getattr(opt, name))
+    device = choose_device(opt.device)
     samples = open_image_set(opt.samples, "--samples")
     reference = open_image_set(opt.reference, "--reference") if opt.reference is not None else None
     if reference is not None:
@@ -77,4 +78,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    scripting.run_script(main)
+    run_script(main)

@@ -20,7 +20,7 @@ from ldm.data.synthetic import SyntheticShapesBase
 from ldm.evaluation import inception
 from ldm.evaluation.evaluate import Settings, evaluate
 from ldm.evaluation.inputs import open_image_set
-from ldm.scripting import save_npz
+from ldm.scripting.outputs import save_npz
 
 REPO = Path(__file__).resolve().parents[1]
 
