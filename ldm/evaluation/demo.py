@@ -54,6 +54,14 @@ def load_demo_model(ckpt: str | os.PathLike, config: str | os.PathLike = DEMO_CO
     return model, int(null_class)
 
 
+@torch.no_grad()
+def decoded_size(model: torch.nn.Module) -> int:
+    """Side length of the images the model's first stage decodes its latents to."""
+    device = next(model.parameters()).device
+    z = torch.zeros(1, model.channels, model.image_size, model.image_size, device=device)
+    return int(model.decode_first_stage(z).shape[-1])
+
+
 @contextlib.contextmanager
 def count_model_calls(model: torch.nn.Module) -> Iterator[list[int]]:
     """Count calls of ``model.apply_model`` inside the block (a guided step batches both branches in one call)."""
