@@ -20,7 +20,7 @@ from ldm.modules.diffusionmodules.util import make_ddim_timesteps
 logger = logging.getLogger(__name__)
 
 #: Ways to place the steps of a sampler between the first and the last noise level.
-SPACINGS = ("ddim", "logSNR", "time_uniform", "time_quadratic", "karras", "all")
+SPACINGS = ("ddim", "logSNR", "time_uniform", "time_quadratic", "log_sigma", "karras", "all")
 #: rho of the Karras et al. 2022 grid (eq. 5): the steps gather near the data.
 KARRAS_RHO = 7.0
 
@@ -61,8 +61,10 @@ class DiscreteSchedule:
         """``steps + 1`` decreasing noise levels from sigma_{T-1} to sigma_0 (then 0 when ``to_zero``).
 
         ``ddim``: the original DDIM steps (every (T // steps)-th step, shifted by one; then step 0);
-        ``logSNR``: evenly spaced in log sigma (Lu et al. 2022); ``time_uniform`` / ``time_quadratic``:
-        evenly in t / sqrt(t), on integer steps; ``karras``: Karras et al. 2022, eq. 5 (rho = 7);
+        ``logSNR``, ``time_uniform``, ``time_quadratic``: integer steps evenly spaced in the half log-SNR
+        lambda = -log sigma, in t or in sqrt(t) (Lu et al. 2022); ``log_sigma``: evenly spaced in lambda,
+        not rounded to training steps (the model sees fractional steps); ``karras``: Karras et al.
+        2022, eq. 5 (rho = 7);
         ``all``: every training step (``steps`` must be T).
         """
         T = self.num_timesteps
@@ -76,6 +78,8 @@ class DiscreteSchedule:
         elif spacing == "ddim":
             steps_up = make_ddim_timesteps("uniform", steps, T, verbose=False)
             sigmas = torch.cat([self.sigmas[torch.from_numpy(steps_up[::-1].copy())], self.sigmas[:1]])
+        elif spacing == "log_sigma":
+            sigmas = torch.linspace(float(self.log_sigmas[-1]), float(self.log_sigmas[0]), steps + 1).exp()
         elif spacing == "karras":
             lo, hi = float(self.sigmas[0]) ** (1 / KARRAS_RHO), float(self.sigmas[-1]) ** (1 / KARRAS_RHO)
             sigmas = torch.linspace(hi, lo, steps + 1, dtype=torch.float64) ** KARRAS_RHO

@@ -111,6 +111,41 @@ def dpmpp(model, x, sigmas, i, state, noise, order: int = 2, lower_order_final: 
     return x_next, denoised
 
 
+def unipc(model, x, sigmas, i, state, noise, order: int = 3, lower_order_final: bool = False):
+    """UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework", Algorithms 1-2, B(h) =
+    e^h - 1): the UniP-p predictor, and the UniC corrector that reuses the next evaluation (no extra one)."""
+    s, s_next = sigmas[i], sigmas[i + 1]
+    denoised = model(x, s)
+    if state and state[-1][2] is not None:  # correct x_i with the evaluation at the predicted x_i
+        x_base, b_h, corr_res, rho, d_prev, pred_res = state[-1][2]
+        x = x - b_h * (corr_res + rho * (denoised - d_prev) - pred_res)
+    history = [(lam, d) for lam, d, _ in state[-(order - 1):]] if order > 1 else []
+    state.append([-math.log(s), denoised, None])
+    if s_next == 0:
+        return denoised, denoised
+    p = min(order, i + 1, len(sigmas) - 1 - i) if lower_order_final else min(order, i + 1)
+    history = history[len(history) - (p - 1):] if p > 1 else []
+    h = math.log(s / s_next)
+    rks = [(lam - (-math.log(s))) / h for lam, _ in reversed(history)] + [1.0]
+    d1s = [(d - denoised) / rk for (_, d), rk in zip(reversed(history), rks)]
+    b_h = math.expm1(-h)
+    h_phi, factorial, b = math.expm1(-h) / -h - 1, 1, []
+    for k in range(1, p + 1):
+        b.append(h_phi * factorial / b_h)
+        factorial *= k + 1
+        h_phi = h_phi / -h - 1 / factorial
+    R = torch.tensor([[rk ** (k - 1) for rk in rks] for k in range(1, p + 1)], dtype=torch.float64)
+    b = torch.tensor(b, dtype=torch.float64)
+    rhos_p = [0.5] if p == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1]).tolist() if p > 2 else []
+    rhos_c = [0.5] if p == 1 else torch.linalg.solve(R, b).tolist()
+    pred_res = sum(r * d for r, d in zip(rhos_p, d1s)) if d1s else 0.0
+    corr_res = sum(r * d for r, d in zip(rhos_c[:-1], d1s)) if d1s else 0.0
+    x_next = (s_next / s) * x - b_h * denoised - b_h * pred_res
+    if i < len(sigmas) - 2:  # the last step goes uncorrected: correcting it would cost one more evaluation
+        state[-1][2] = (None, b_h, corr_res, rhos_c[-1], denoised, pred_res)
+    return x_next, denoised
+
+
 def heun(model, x, sigmas, i, state, noise):
     """Heun's second-order method (Karras et al. 2022, Algorithm 1 without churn); Euler for a step to sigma = 0."""
     s, s_next = sigmas[i], sigmas[i + 1]
@@ -139,7 +174,8 @@ SAMPLERS = {
     "ddim": SamplerSpec(ancestral, "ddim", takes_eta=True, adapter="ldm.models.diffusion.ddim.DDIMSampler"),
     "plms": SamplerSpec(plms, "ddim", adapter="ldm.models.diffusion.plms.PLMSSampler"),
     "dpmpp2m": SamplerSpec(dpmpp, "logSNR", adapter="ldm.models.diffusion.dpm_solver.DPMSolverSampler"),
-    "dpmpp3m": SamplerSpec(dpmpp, "logSNR", {"order": 3}),
+    "dpmpp3m": SamplerSpec(dpmpp, "log_sigma", {"order": 3}),
+    "unipc": SamplerSpec(unipc, "log_sigma"),
     "euler_karras": SamplerSpec(ancestral, "karras", {"eta": 0.0}),
     "heun_karras": SamplerSpec(heun, "karras"),
 }
