@@ -145,3 +145,17 @@ def test_given_x_T(name, model):
     if not SAMPLERS[name].takes_eta:  # deterministic given x_T, whatever the seed
         seeded, _ = draw(name, model, seed=3, conditioning=c, x_T=x_T)
         assert torch.equal(a, seeded)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_img2img_starts_from_the_noised_image(name, model):
+    c = conditioning(model, [3, 5])
+    x0 = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(4))
+    sampler = make_sampler(name, model)
+    S = steps_of(name, model)
+    torch.manual_seed(0)
+    light = sampler.img2img(x0, S, 1, c, verbose=False)  # one step from the lowest noise level
+    torch.manual_seed(0)
+    full = sampler.img2img(x0, S, len(sampler.sigmas(S)) - 1, c, verbose=False)
+    assert light.shape == full.shape == x0.shape
+    assert (light - x0).abs().mean() < 0.1 < (full - x0).abs().mean()

@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import Any, Callable, Sequence
 
-from ldm.models.diffusion.sampling import SAMPLER_ALIASES, SAMPLERS
+from ldm.models.diffusion.sampling import sampler_names
 from ldm.scripting.loading import DEFAULT_SEED
 
 
@@ -24,7 +24,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, config: str | None, ck
     parser.add_argument("--device", type=str, default=None,
                         help="torch device (default: cuda when available, else cpu)")
     if sampler is not None:
-        names = ", ".join(list(SAMPLERS) + list(SAMPLER_ALIASES))
+        names = ", ".join(sampler_names())
         parser.add_argument("--sampler", type=str, default=None,
                             help=f"sampler: {names} (default: {sampler})")
 
