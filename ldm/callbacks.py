@@ -272,7 +272,7 @@ class ProgressLog(pl.Callback):
         self._start_time = self._last_time = time.monotonic()
         self._start_step = self._last_step = trainer.global_step
         if trainer.is_global_zero:
-            target = f"{trainer.max_steps} steps" if _is_step_limited(trainer) else f"{trainer.max_epochs} epochs"
+            target = f"step {trainer.max_steps}" if _is_step_limited(trainer) else f"{trainer.max_epochs} epochs"
             start = f"from step {trainer.global_step}" if trainer.global_step else "from step 0"
             logger.info("training %s to %s; progress every %gs", start, target, self.interval)
 
