@@ -258,3 +258,26 @@ def test_main_reports_and_applies_the_thread_count(tmp_path, caplog):
           "lightning.trainer.max_steps=1", *EVERY_STEP])
     assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
     assert "CPU threads: 1 (from --threads" in caplog.text
+
+
+# --------------------------------------------------------------------------------------------------
+# Log noise
+# --------------------------------------------------------------------------------------------------
+
+
+def test_no_lpips_network_without_a_perceptual_term_and_its_weights_are_skipped():
+    from ldm.modules.losses import LPIPSWithDiscriminator
+
+    with_lpips = LPIPSWithDiscriminator(disc_start=0, perceptual_weight=1.0, disc_num_layers=1)
+    without = LPIPSWithDiscriminator(disc_start=0, perceptual_weight=0.0, disc_num_layers=1)
+    assert without.perceptual_loss is None
+    assert not any(k.startswith("perceptual_loss.") for k in without.state_dict())
+    # a checkpoint trained with LPIPS loads into the loss without it (strictly: nothing else differs)
+    without.load_state_dict(with_lpips.state_dict(), strict=True)
+    assert torch_equal_state(without.discriminator.state_dict(), with_lpips.discriminator.state_dict())
+
+
+def torch_equal_state(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
