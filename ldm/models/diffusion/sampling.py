@@ -175,7 +175,8 @@ SAMPLERS = {
     "plms": SamplerSpec(plms, "ddim", adapter="ldm.models.diffusion.plms.PLMSSampler"),
     "dpmpp2m": SamplerSpec(dpmpp, "logSNR", adapter="ldm.models.diffusion.dpm_solver.DPMSolverSampler"),
     "dpmpp3m": SamplerSpec(dpmpp, "log_sigma", {"order": 3}),
-    "unipc": SamplerSpec(unipc, "log_sigma"),
+    "unipc": SamplerSpec(unipc, "log_sigma", {"order": 2}),  # UniPC-2, Zhao et al.'s choice for guided sampling
+    "unipc3": SamplerSpec(unipc, "log_sigma"),  # UniPC-3, their choice for unconditional sampling
     "euler_karras": SamplerSpec(ancestral, "karras", {"eta": 0.0}),
     "heun_karras": SamplerSpec(heun, "karras"),
 }
@@ -274,8 +275,7 @@ class Sampler:
         return Denoiser(self.model, cond, uc, scale, denoised_fn=self.model.quantize_latent if quantize_x0 else None,
                         score_corrector=score_corrector, corrector_kwargs=corrector_kwargs)
 
-    def check(self, eta: float, normals_sequence: Any, temperature: float, noise_dropout: float,
-              mask: torch.Tensor | None, x0: torch.Tensor | None) -> None:
+    def check(self, eta: float, normals_sequence: Any, temperature: float, noise_dropout: float) -> None:
         """ValueError for an option this sampler cannot honour."""
         check_sampler_options(self.name, eta)
         unsupported = [("normals_sequence", normals_sequence, None)]
@@ -284,8 +284,6 @@ class Sampler:
         for option, value, default in unsupported:
             if value is not default and value != default:
                 raise ValueError(f"{type(self).__name__} does not support {option}={value!r}; leave it at {default!r}")
-        if mask is not None and x0 is None:
-            raise ValueError("mask given without x0: masked sampling needs the known latent x0")
 
     @torch.no_grad()
     def sample(self, S: int | None, batch_size: int, shape: Sequence[int], conditioning: Any = None,
@@ -300,7 +298,7 @@ class Sampler:
         ``unconditional_conditioning`` has the form of ``conditioning`` (e.g. the encoded empty caption);
         further keyword arguments are accepted and ignored, as by the original samplers.
         """
-        self.check(eta, normals_sequence, temperature, noise_dropout, mask, x0)
+        self.check(eta, normals_sequence, temperature, noise_dropout)
         check_conditioning_batch(conditioning, batch_size)
         sigmas = self.sigmas(S) if sigmas is None else [float(s) for s in sigmas]
         device = model_device(self.model)
@@ -338,6 +336,8 @@ class Sampler:
         ``hook(i, x, denoised)`` sees each step's VP result; the intermediates hold x and the x0
         prediction at every ``log_every_t``-th step from the end, and after the first step.
         """
+        if mask is not None and x0 is None:
+            raise ValueError("mask given without x0: masked sampling needs the known latent x0")
         step = self.spec.step if mask is None else inpainting(self.spec.step, mask, x0)
         n = len(sigmas) - 1
         intermediates = {"x_inter": [x], "pred_x0": [x]}
