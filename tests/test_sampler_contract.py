@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_dpm_solver import tiny_ldm  # noqa: F401 (the small class-conditional LDM, a module fixture)
 
-from ldm.models.diffusion.sampling import SAMPLERS, make_sampler
+from ldm.models.diffusion.sampling import SAMPLERS, SamplerSpec, make_sampler, resolve_sampler_name, sampler_names
 
 SHAPE = (3, 8, 8)
 STEPS = 5
@@ -147,3 +147,19 @@ def test_img2img_starts_from_the_noised_image(name, tiny_ldm):
     full = sampler.img2img(x0, S, len(sampler.sigmas(S)) - 1, c, verbose=False)
     assert light.shape == full.shape == x0.shape
     assert (light - x0).abs().mean() < 0.1 < (full - x0).abs().mean()
+
+
+def test_a_new_sampler_is_one_function_and_one_registry_line(tiny_ldm, monkeypatch):
+    def euler(model, x, sigmas, i, state, noise):
+        """Euler's method on the probability-flow ODE (Karras et al. 2022, eq. 4)."""
+        denoised = model(x, sigmas[i])
+        return x + (sigmas[i + 1] - sigmas[i]) * (x - denoised) / sigmas[i], denoised
+
+    monkeypatch.setitem(SAMPLERS, "euler", SamplerSpec(euler, "log_sigma"))
+    c = conditioning(tiny_ldm, [3, 5])
+    x_T = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(7))
+    ours, _ = make_sampler("euler", tiny_ldm).sample(STEPS, 2, SHAPE, conditioning=c, x_T=x_T, verbose=False)
+    ddim, _ = make_sampler("euler_karras", tiny_ldm).sample(STEPS, 2, SHAPE, conditioning=c, x_T=x_T, verbose=False,
+                                                            sigmas=make_sampler("euler", tiny_ldm).sigmas(STEPS))
+    assert torch.allclose(ours, ddim, atol=1e-5)  # Euler is the DDIM update (eta 0) on the same grid
+    assert "euler" in sampler_names() and resolve_sampler_name("EULER") == "euler"
