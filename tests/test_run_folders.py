@@ -212,3 +212,45 @@ def test_retrieval_hint_names_the_flag_of_the_script(tmp_path):
     message = str(err.value)
     assert "--database at a folder" in message and "--database_root" not in message and "README" not in message
     assert "https://ommer-lab.com/files/rdm/artbench_databases.zip" in message
+
+
+# --------------------------------------------------------------------------------------------------
+# Download scripts: the reason of a failure, and nothing left behind
+# --------------------------------------------------------------------------------------------------
+
+
+def _download_one(tmp_path: Path, url: str, file: str) -> subprocess.CompletedProcess:
+    folder = tmp_path / "models" / "ldm" / "new_model"
+    cmd = (f"set -euo pipefail; source {REPO / 'scripts' / 'download_common.sh'}; "
+           f"download_one new_model {url} {file} {folder} {tmp_path / 'config.yaml'}")
+    return subprocess.run(["bash", "-c", cmd], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="the download scripts are bash scripts")
+def test_failed_download_says_why_and_leaves_no_folder(tmp_path):
+    proc = _download_one(tmp_path, "http://127.0.0.1:9/model.zip", "model.zip")  # port 9: nothing listens
+    assert proc.returncode == 1
+    assert "Connection refused" in proc.stderr or "Failed to connect" in proc.stderr, proc.stderr
+    assert "download of http://127.0.0.1:9/model.zip failed" in proc.stderr
+    assert not (tmp_path / "models" / "ldm" / "new_model").exists()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="the download scripts are bash scripts")
+def test_broken_archive_is_reported_and_removed(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "model.zip").write_bytes(b"this is not a zip archive")
+    server = subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"], cwd=served,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = server.stdout.readline()  # "Serving HTTP on 127.0.0.1 port 12345 (...)"
+        port = int(line.split(" port ")[1].split()[0])
+        proc = _download_one(tmp_path, f"http://127.0.0.1:{port}/model.zip", "model.zip")
+        missing = _download_one(tmp_path, f"http://127.0.0.1:{port}/absent.zip", "model.zip")
+    finally:
+        server.kill()
+        server.wait()
+    assert proc.returncode == 1 and "is not a valid zip archive" in proc.stderr, proc.stderr
+    assert not (tmp_path / "models" / "ldm" / "new_model").exists()
+    assert missing.returncode == 1 and "404" in missing.stderr, missing.stderr
+    assert "the server answered with an error" in missing.stderr or "curl exit status 22" in missing.stderr
