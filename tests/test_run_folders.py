@@ -254,3 +254,51 @@ def test_broken_archive_is_reported_and_removed(tmp_path):
     assert not (tmp_path / "models" / "ldm" / "new_model").exists()
     assert missing.returncode == 1 and "404" in missing.stderr, missing.stderr
     assert "the server answered with an error" in missing.stderr or "curl exit status 22" in missing.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# Installation files
+# --------------------------------------------------------------------------------------------------
+
+
+def _setup_kwargs() -> dict:
+    """The literal keyword arguments of setup() in setup.py."""
+    import ast
+
+    tree = ast.parse((REPO / "setup.py").read_text())
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    return {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg in
+            ("name", "python_requires", "install_requires", "extras_require")}
+
+
+def test_environment_yaml_creates_the_package_env():
+    """What `conda env create -f environment.yaml` needs: a name, channels, a Python that setup.py
+    accepts, pip, and a pip section that installs this package with extras that setup.py defines."""
+    import re
+
+    import yaml
+    from packaging.specifiers import SpecifierSet
+
+    env = yaml.safe_load((REPO / "environment.yaml").read_text())
+    setup = _setup_kwargs()
+    assert set(env) <= {"name", "channels", "dependencies"} and env["name"] and env["channels"]
+    deps = env["dependencies"]
+    python = next(d for d in deps if isinstance(d, str) and d.startswith("python"))
+    version = re.fullmatch(r"python\s*=+\s*([\d.]+)\*?", python).group(1)
+    assert version in SpecifierSet(setup["python_requires"]), (python, setup["python_requires"])
+    assert "pip" in deps
+    (pip,) = [d["pip"] for d in deps if isinstance(d, dict)]
+    local = [line for line in pip if re.fullmatch(r"-e \.(\[[\w,]+\])?", line)]
+    assert local, f"the pip section must install this package (-e .); got {pip}"
+    extras = re.findall(r"\[([\w,]+)\]", local[0])
+    assert all(e in setup["extras_require"] for group in extras for e in group.split(","))
+
+
+def test_cpu_builds_of_torch_satisfy_the_requirements():
+    """The README's CPU-only install puts torch from PyTorch's CPU index first (versions like
+    2.5.1+cpu); `pip install -e .` must then keep it rather than fetch the CUDA build."""
+    from packaging.requirements import Requirement
+
+    reqs = {Requirement(r).name: Requirement(r) for r in _setup_kwargs()["install_requires"]}
+    for name, version in (("torch", "2.5.1+cpu"), ("torchvision", "0.20.1+cpu")):
+        assert reqs[name].specifier.contains(version), (name, str(reqs[name].specifier))
