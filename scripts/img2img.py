@@ -3,9 +3,9 @@ Editing with Stochastic Differential Equations") with a latent diffusion model (
 
     python scripts/img2img.py --init_img sketch.png --prompt "a fantasy landscape" --strength 0.75
 
-The input image is encoded by the first stage, noised in one go to the DDIM step that ``--strength``
-selects (``DDIMSampler.stochastic_encode``: 0 keeps the image, 1 starts from almost pure noise), and
-denoised with DDIM (``DDIMSampler.decode``) under the model's conditioning: a ``--prompt`` for text
+The input image is encoded by the first stage, noised in one go to the step of the ``--sampler``'s
+grid that ``--strength`` selects (0 keeps the image, 1 starts from almost pure noise), and denoised
+from there (``Sampler.img2img``; DDIM by default) under the model's conditioning: a ``--prompt`` for text
 models, a ``--class_label`` for class-conditional ones, nothing for unconditional ones; guided by
 ``--scale``. Samples go to ``<outdir>/samples/NNNN.png``, a grid of all to ``<outdir>/grid-NNNN.png``.
 """
@@ -15,16 +15,11 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import trange  # noqa: E402
-
-from ldm import scripting  # noqa: E402
-from ldm.util import UNCONDITIONAL_SENTINEL  # noqa: E402
+from ldm.scripting import cli, imagenet, inputs  # noqa: E402
 
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval.yaml"
 DEFAULT_CKPT = "models/ldm/text2img-large/model.ckpt"
@@ -40,18 +35,20 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--class_label", type=str, default=None,
                         help="class index, synset id or ImageNet name (class-conditional models)")
     parser.add_argument("--uncond_class", type=int, default=None,
-                        help="the class the model learned as unconditional (default: its last class)")
+                        help="the class the model learned as unconditional (default: the config's ucg_class, "
+                             "else its last class)")
     parser.add_argument("--outdir", type=str, default="outputs/img2img-samples", help="dir to write results to")
     parser.add_argument("--strength", type=float, default=0.75,
                         help="how much of the image to destroy: 0 keeps it, 1 starts from (almost) pure noise")
-    parser.add_argument("--ddim_steps", type=int, default=50, help="number of DDIM steps for strength 1")
+    parser.add_argument("--ddim_steps", type=int, default=50,
+                        help="number of sampler steps for strength 1 (ddpm takes every training step)")
     parser.add_argument("--ddim_eta", type=float, default=0.0,
                         help="ddim eta (eta=0.0 corresponds to deterministic sampling)")
     parser.add_argument("--n_iter", type=int, default=1, help="sample this often")
     parser.add_argument("--n_samples", type=int, default=2, help="how many samples per round (the batch size)")
     parser.add_argument("--scale", type=float, default=5.0,
                         help="unconditional guidance scale (ignored by unconditional models)")
-    scripting.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT, sampler=None)
+    cli.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT)
     return parser
 
 
@@ -59,7 +56,7 @@ def conditioning_kind(model_config) -> tuple[str, int | None]:
     """(kind, number of classes) from the config's cond_stage_config."""
     params = model_config.get("params", {})
     cond = params.get("cond_stage_config")
-    if cond is None or cond == UNCONDITIONAL_SENTINEL:
+    if cond is None or cond == inputs.UNCONDITIONAL:
         return UNCONDITIONAL, None
     if isinstance(cond, str):
         raise ValueError(f"img2img supports text-, class-conditional and unconditional models; cond_stage_config "
@@ -70,13 +67,24 @@ def conditioning_kind(model_config) -> tuple[str, int | None]:
     return TEXT, None
 
 
-def load_image(path: str, multiple: int) -> torch.Tensor:
-    """(1, 3, H, W) in [-1, 1]; ValueError when H or W is not a multiple of ``multiple``."""
-    image = Image.open(scripting.require_file(path, "--init_img")).convert("RGB")
+def load_image(path: str, multiple: int) -> Any:
+    """The image at ``path`` as RGB; ValueError when its height or width is not a multiple of ``multiple``."""
+    from PIL import Image
+
+    image = Image.open(inputs.require_file(path, "--init_img", hint="Give the path of an existing image file "
+                                                                     "(PNG, JPEG, ...).")).convert("RGB")
     w, h = image.size
     if w % multiple or h % multiple:
         raise ValueError(f"--init_img {path} is {w}x{h}; width and height must be multiples of {multiple} "
                          f"for this model (resize or crop it to {w - w % multiple}x{h - h % multiple})")
+    return image
+
+
+def to_tensor(image: Any) -> torch.Tensor:
+    """A PIL image as (1, 3, H, W) in [-1, 1]."""
+    import numpy as np
+    import torch
+
     x = np.array(image).astype(np.float32) / 255.0
     return torch.from_numpy(x.transpose(2, 0, 1))[None] * 2.0 - 1.0
 
@@ -85,14 +93,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
     """Run the script; returns the paths it wrote."""
     opt = get_parser().parse_args(argv)
     for name in ("n_iter", "n_samples", "ddim_steps"):
-        scripting.check_positive(f"--{name}", getattr(opt, name))
+        cli.check_positive(f"--{name}", getattr(opt, name))
     if not 0.0 < opt.strength <= 1.0:
         raise ValueError(f"--strength must be in (0, 1]; got {opt.strength}")
     t_enc = int(opt.strength * opt.ddim_steps)
     if t_enc < 1:
         raise ValueError(f"--strength {opt.strength} x --ddim_steps {opt.ddim_steps} gives no DDIM step; "
                          f"raise either")
-    config = scripting.load_config(opt.config)
+    files = cli.model_files(opt)
+    config = inputs.load_config(files.configs)
     kind, n_classes = conditioning_kind(config.model)
     class_label = None
     if kind == TEXT and opt.prompt is None:
@@ -100,32 +109,39 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if kind == CLASS:
         if opt.class_label is None:
             raise ValueError("this is a class-conditional model: give a --class_label")
-        class_label = scripting.resolve_class(opt.class_label, n_classes)
+        class_label = imagenet.resolve_class(opt.class_label, n_classes)
     if kind != TEXT and opt.prompt is not None:
         raise ValueError(f"--prompt was given, but the model is {kind}")
     if kind != CLASS and opt.class_label is not None:
         raise ValueError(f"--class_label was given, but the model is {kind}")
     uncond_class = opt.uncond_class
-    if kind == CLASS and uncond_class is None:  # the model's null class: ucg_class, else its last class
-        ucg_class = config.model.params.get("ucg_class")
-        uncond_class = int(ucg_class) if ucg_class is not None else n_classes - 1
-    init_image = load_image(opt.init_img, scripting.first_stage_factor(config.model)
-                            * scripting.unet_factor(config.model))
-    scripting.require_file(opt.ckpt, "checkpoint")
-    device = scripting.choose_device(opt.device)
+    if kind == CLASS and uncond_class is None:
+        uncond_class = inputs.null_class(config.model, n_classes)
+    init_image = load_image(opt.init_img, inputs.first_stage_factor(config.model)
+                            * inputs.unet_factor(config.model))
+    inputs.require_file(files.ckpt, "checkpoint")
 
-    from ldm.models.diffusion.ddim import DDIMSampler
+    cli.setup_threads(opt)
+    import torch
+    from tqdm import trange
 
-    model, _ = scripting.load_model(config, opt.ckpt, device)
-    sampler = DDIMSampler(model)
-    sampler.make_schedule(ddim_num_steps=opt.ddim_steps, ddim_eta=opt.ddim_eta, verbose=False)
-    sample_path, base_count, grid_count = scripting.prepare_outdir(opt.outdir)
-    summary = scripting.OutputSummary()
+    from ldm.models.diffusion.sampling import make_sampler
+    from ldm.scripting import loading, outputs, samplers
+
+    sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
+    device = loading.choose_device(opt.device)
+    model, _ = loading.load_model(config, files.ckpt, device)
+    sampler = make_sampler(sampler_name, model)
+    steps = None if sampler_name == "ddpm" else opt.ddim_steps  # ddpm: strength applies to every training step
+    if steps is None:
+        t_enc = max(1, int(opt.strength * model.num_timesteps))
+    sample_path, base_count, grid_count = outputs.prepare_outdir(opt.outdir)
+    summary = outputs.OutputSummary()
     n = opt.n_samples
-    scripting.seed_everything(opt.seed)
+    loading.seed_everything(opt.seed)
     all_samples = []
-    with torch.no_grad(), scripting.ema_weights(model):
-        init_latent = model.get_first_stage_encoding(model.encode_first_stage(init_image.to(device)))
+    with torch.no_grad(), loading.ema_weights(model):
+        init_latent = model.get_first_stage_encoding(model.encode_first_stage(to_tensor(init_image).to(device)))
         init_latent = init_latent.repeat(n, 1, 1, 1)  # (n, C, h, w)
         c, uc = None, None
         if kind == TEXT:
@@ -138,19 +154,17 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 uc = model.get_learned_conditioning({key: torch.tensor(n * [uncond_class], device=device)})
         scale = opt.scale if uc is not None else 1.0
         for _ in trange(opt.n_iter, desc="Sampling"):
-            # noise to the level of the first DDIM step that decode() takes (index t_enc - 1)
-            z_enc = sampler.stochastic_encode(init_latent, torch.tensor([t_enc - 1] * n, device=device))
-            samples = sampler.decode(z_enc, c, t_enc, unconditional_guidance_scale=scale,
-                                     unconditional_conditioning=uc, verbose=False)
-            x_samples = scripting.decode_to_unit(model, samples)
+            samples = sampler.img2img(init_latent, steps, t_enc, c, eta=opt.ddim_eta, unconditional_guidance_scale=scale,
+                                      unconditional_conditioning=uc, verbose=False)
+            x_samples = outputs.decode_to_unit(model, samples)
             for x_sample in x_samples:
-                summary.add(scripting.save_image(x_sample, os.path.join(sample_path, f"{base_count:04}.png")))
+                summary.add(outputs.save_image(x_sample, os.path.join(sample_path, f"{base_count:04}.png")))
                 base_count += 1
             all_samples.append(x_samples)
-    summary.add(scripting.save_grid(all_samples, os.path.join(opt.outdir, f"grid-{grid_count:04}.png"), nrow=n))
+    summary.add(outputs.save_grid(all_samples, os.path.join(opt.outdir, f"grid-{grid_count:04}.png"), nrow=n))
     summary.print()
     return summary.paths
 
 
 if __name__ == "__main__":
-    scripting.run_script(main)
+    cli.run_script(main)

@@ -4,13 +4,15 @@
     python scripts/sample_diffusion.py -r models/ldm/<model_spec>/model.ckpt -l <logdir> -n <#samples> \
         --batch_size <batch_size> -c <#ddim steps> -e <#eta>
 
-``-r`` names a checkpoint (its folder holds ``config.yaml``) or a log folder holding ``model.ckpt``
-and ``config.yaml``; extra ``key=value`` arguments override the config. Writes, under
-``<logdir>/samples/<global_step, 8 digits>/<date-time>/``: ``img/sample_NNNNNN.png`` for each
-sample, ``numpy/<N>x<H>x<W>x<C>-samples.npz`` with all of them as uint8 (key ``arr_0``), and
-``sampling_config.yaml`` with the options of the run. ``<logdir>`` is the checkpoint's folder, or
-``-l <dir>/<that folder's name>``. DDIM sampling by default; ``--vanilla_sample`` runs ancestral DDPM
-sampling over all training steps.
+``-r`` names a ``main.py`` run folder (``logs/<run>/``: its ``checkpoints/last.ckpt`` and
+``configs/``), a checkpoint inside one, a model folder holding ``model.ckpt`` and ``config.yaml``,
+or a checkpoint with ``config.yaml`` beside it; extra ``key=value`` arguments override the config.
+Only unconditional models can be sampled here; a conditional one is refused from its config, before
+any weights are read. Writes, under ``<logdir>/samples/<global_step, 8 digits>/<date-time>/``:
+``img/sample_NNNNNN.png`` for each sample, ``numpy/<N>x<H>x<W>x<C>-samples.npz`` with all of them as
+uint8 (key ``arr_0``), and ``sampling_config.yaml`` with the options of the run. ``<logdir>`` is the
+run folder (or the model folder), or ``<-l>/<that folder's name>`` when ``-l`` is given. DDIM sampling
+by default; ``--vanilla_sample`` runs ancestral DDPM sampling over all training steps.
 """
 from __future__ import annotations
 
@@ -22,17 +24,11 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from tqdm import trange  # noqa: E402
-
-from ldm import scripting  # noqa: E402
-from ldm.models.diffusion.sampling import make_sampler  # noqa: E402
+from ldm.scripting import cli, inputs  # noqa: E402
 
 logger = logging.getLogger("sample_diffusion")
 
@@ -41,45 +37,49 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-r", "--resume", type=str, nargs="?", required=True,
-                        help="load from logdir or checkpoint in logdir")
+                        help="a main.py run folder, a checkpoint inside one, or a model folder "
+                             "(model.ckpt and config.yaml)")
     parser.add_argument("-n", "--n_samples", type=int, nargs="?", default=50000, help="number of samples to draw")
     parser.add_argument("-e", "--eta", type=float, nargs="?", default=1.0,
                         help="eta for ddim sampling (0.0 yields deterministic sampling)")
     parser.add_argument("-v", "--vanilla_sample", default=False, action="store_true",
                         help="vanilla sampling (default option is DDIM sampling)?")
-    parser.add_argument("-l", "--logdir", type=str, nargs="?", default="none", help="extra logdir")
+    parser.add_argument("-l", "--logdir", type=str, nargs="?", default="none",
+                        help="write under <logdir>/<run or model folder name>/samples/ (default: into the run or "
+                             "model folder itself)")
     parser.add_argument("-c", "--custom_steps", type=int, nargs="?", default=50,
                         help="number of steps for ddim and fastdpm sampling")
     parser.add_argument("--batch_size", type=int, nargs="?", default=10, help="the bs")
-    scripting.add_common_arguments(parser, config=None, ckpt=None)
+    cli.add_common_arguments(parser, config=None, ckpt=None)
     return parser
 
 
 def custom_to_np(x: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8, as the original's ``custom_to_np``."""
+    import torch
+
     sample = ((x.detach().cpu() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
     return sample.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def custom_to_uint8(x: torch.Tensor) -> np.ndarray:
     """(C, H, W) in [-1, 1] -> (H, W, C) uint8, as the original's ``custom_to_pil``."""
+    import numpy as np
+    import torch
+
     x = (torch.clamp(x.detach().cpu(), -1.0, 1.0) + 1.0) / 2.0
     return (255 * x.permute(1, 2, 0).numpy()).astype(np.uint8)
 
 
-def resolve_paths(opt: argparse.Namespace) -> tuple[str, str, str]:
-    """(logdir, checkpoint, config) from -r/--resume, --ckpt and --config."""
-    if not os.path.exists(opt.resume):
-        raise FileNotFoundError(f"-r/--resume: cannot find {opt.resume}. {scripting.download_hint(opt.resume)}")
-    if os.path.isfile(opt.resume):
-        logdir = os.path.dirname(opt.resume)
-        ckpt = opt.resume
-    else:
-        logdir = opt.resume.rstrip("/")
-        ckpt = os.path.join(logdir, "model.ckpt")
-    ckpt = opt.ckpt or ckpt
-    config = opt.config or os.path.join(logdir, "config.yaml")
-    return logdir, ckpt, config
+def check_unconditional(model_config: Any, where: str) -> None:
+    """ValueError unless the config's model is unconditional (checked before any weights are read)."""
+    cond = inputs.conditioning_of(model_config)
+    if cond is not None:
+        other = {"class_label": "scripts/sample_cin.py --config <config> --ckpt <checkpoint or run folder>",
+                 "caption": "scripts/txt2img.py --config <config> --ckpt <checkpoint or run folder>"}.get(
+                     cond, "the script for its conditioning")
+        raise ValueError(f"{where}: sample_diffusion.py samples unconditional models only; this one is "
+                         f"conditioned on {cond!r} (model.params.cond_stage_key). Sample it with {other}")
 
 
 def parse_overrides(unknown: list[str]) -> list[str]:
@@ -95,22 +95,25 @@ def main(argv: list[str] | None = None) -> list[Path]:
     now = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S")
     opt, unknown = get_parser().parse_known_args(argv)
     overrides = parse_overrides(unknown)
-    scripting.check_positive("-n/--n_samples", opt.n_samples)
-    scripting.check_positive("--batch_size", opt.batch_size)
-    scripting.check_positive("-c/--custom_steps", opt.custom_steps)
-    sampler_name = scripting.resolve_sampler(opt, eta=opt.eta)
-    logdir, ckpt, config_path = resolve_paths(opt)
-    config = OmegaConf.merge(scripting.load_config(config_path), OmegaConf.from_dotlist(overrides))
-    scripting.require_file(ckpt, "checkpoint")
-    device = scripting.choose_device(opt.device)
+    cli.check_positive("-n/--n_samples", opt.n_samples)
+    cli.check_positive("--batch_size", opt.batch_size)
+    cli.check_positive("-c/--custom_steps", opt.custom_steps)
+    files = cli.model_files(opt, ckpt=opt.ckpt or opt.resume, flag="--ckpt" if opt.ckpt else "-r/--resume")
+    from omegaconf import OmegaConf
 
+    config = OmegaConf.merge(inputs.load_config(files.configs), OmegaConf.from_dotlist(overrides))
+    check_unconditional(config.model, ", ".join(map(str, files.configs)))
+    logdir = str(files.folder)
     if opt.logdir != "none":
-        locallog = os.path.basename(os.path.normpath(logdir))
-        logdir = os.path.join(opt.logdir, locallog)
-    model, meta = scripting.load_model(config, ckpt, device)
-    if getattr(model, "cond_stage_model", None) is not None:
-        raise ValueError(f"{config_path}: only unconditional models can be sampled by this script "
-                         f"(the model has a conditioning stage {type(model.cond_stage_model).__name__})")
+        logdir = os.path.join(opt.logdir, files.folder.name)
+
+    cli.setup_threads(opt)
+    from ldm.scripting import loading, outputs, samplers
+
+    sampler_name = samplers.resolve_sampler(opt, eta=opt.eta)
+    device = loading.choose_device(opt.device)
+    ckpt = files.ckpt
+    model, meta = loading.load_model(config, ckpt, device)
     global_step = meta.get("global_step")
     if global_step is None:
         logger.warning("checkpoint %s stores no global_step; writing under step 0", ckpt)
@@ -125,23 +128,32 @@ def main(argv: list[str] | None = None) -> list[Path]:
     print(75 * "=")
     print(f"logging to:\n{run_dir}")
     print(75 * "=")
-    summary = scripting.OutputSummary()
+    summary = outputs.OutputSummary()
     sampling_conf = vars(opt).copy()
     sampling_conf["sampler"] = sampler_name
     sampling_file = os.path.join(run_dir, "sampling_config.yaml")
+    import yaml
+
     with open(sampling_file, "w") as f:
         yaml.dump(sampling_conf, f, default_flow_style=False)
     summary.add(sampling_file)
 
-    scripting.seed_everything(opt.seed)
+    loading.seed_everything(opt.seed)
     run(model, sampler_name, imglogdir, numpylogdir, opt, summary)
     summary.print()
     return summary.paths
 
 
 def run(model: torch.nn.Module, sampler_name: str, imglogdir: str, numpylogdir: str, opt: argparse.Namespace,
-        summary: scripting.OutputSummary) -> None:
+        summary: Any) -> None:
     """Draw ``opt.n_samples`` samples in batches; write each as PNG and all of them as one .npz."""
+    import numpy as np
+    import torch
+    from tqdm import trange
+
+    from ldm.models.diffusion.sampling import make_sampler
+    from ldm.scripting import loading, outputs, samplers
+
     if sampler_name == "ddpm":
         print(f"Using Vanilla DDPM sampling with {model.num_timesteps} sampling steps.")
     else:
@@ -156,24 +168,24 @@ def run(model: torch.nn.Module, sampler_name: str, imglogdir: str, numpylogdir: 
     print(f"Running unconditional sampling for {opt.n_samples} samples")
     for i in trange(len(batch_sizes), desc="Sampling Batches (unconditional)"):
         bs = batch_sizes[i]
-        with torch.no_grad(), scripting.ema_weights(model):
+        with torch.no_grad(), loading.ema_weights(model):
             t0 = time.time()
-            samples = scripting.run_sampler(sampler_name, model, opt.custom_steps, bs, shape, eta=opt.eta,
-                                            sampler=sampler)
+            samples = samplers.run_sampler(sampler_name, model, opt.custom_steps, bs, shape, eta=opt.eta,
+                                           sampler=sampler)
             t1 = time.time()
             x_sample = model.decode_first_stage(samples) if hasattr(model, "decode_first_stage") else samples
         print(f"Throughput for this batch: {bs / (t1 - t0):.3f} samples/s")
         for x in x_sample:
             path = os.path.join(imglogdir, f"sample_{n_saved:06}.png")
-            summary.add(scripting.save_array_image(custom_to_uint8(x), path))
+            summary.add(outputs.save_array_image(custom_to_uint8(x), path))
             n_saved += 1
         all_images.append(custom_to_np(x_sample))
     all_img = np.concatenate(all_images, axis=0)[: opt.n_samples]
     shape_str = "x".join(str(x) for x in all_img.shape)
     nppath = os.path.join(numpylogdir, f"{shape_str}-samples.npz")
-    summary.add(scripting.save_npz(nppath, all_img))
+    summary.add(outputs.save_npz(nppath, all_img))
     print(f"sampling of {n_saved} images finished in {(time.time() - tstart) / 60.:.2f} minutes.")
 
 
 if __name__ == "__main__":
-    scripting.run_script(main)
+    cli.run_script(main)
