@@ -16,7 +16,6 @@ import glob
 import inspect
 import logging
 import os
-import shutil
 import sys
 import warnings
 from typing import Any
@@ -65,9 +64,6 @@ def get_parser() -> argparse.ArgumentParser:
                              "parameters can be overwritten or added with command-line options of the form `--key value`.")
     parser.add_argument("-t", "--train", type=str2bool, const=True, default=False, nargs="?", help="train")
     parser.add_argument("--no-test", type=str2bool, const=True, default=False, nargs="?", help="disable test")
-    parser.add_argument("-p", "--project", help="name of new or path to existing project")
-    parser.add_argument("-d", "--debug", type=str2bool, nargs="?", const=True, default=False,
-                        help="enable post-mortem debugging (the run directory moves to debug_runs/)")
     parser.add_argument("-s", "--seed", type=int, default=23, help="seed for seed_everything")
     parser.add_argument("-f", "--postfix", type=str, default="", help="post-postfix for default name")
     parser.add_argument("-l", "--logdir", type=str, default="logs", help="directory for logging data")
@@ -118,8 +114,8 @@ def parse_overrides(unknown: list[str]) -> DictConfig:
     return OmegaConf.from_dotlist(unknown)
 
 
-def resolve_run_dirs(opt: argparse.Namespace, now: str) -> tuple[str, str, str]:
-    """Returns ``(logdir, nowname, ckpt)``; fills ``opt.base`` with the run's configs when resuming."""
+def resolve_run_dirs(opt: argparse.Namespace, now: str) -> tuple[str, str]:
+    """Returns ``(logdir, ckpt)``; fills ``opt.base`` with the run's configs when resuming."""
     if opt.name and opt.resume:
         raise UsageError("-n/--name and -r/--resume cannot be given together. If you want to resume training "
                          "in a new log folder, use -n/--name with the base configs of the old run.")
@@ -141,16 +137,14 @@ def resolve_run_dirs(opt: argparse.Namespace, now: str) -> tuple[str, str, str]:
                 raise UsageError(f"cannot resume from {logdir!r}: {ckpt} does not exist")
         base_configs = sorted(glob.glob(os.path.join(logdir, "configs", "*.yaml")))
         opt.base = base_configs + opt.base
-        nowname = os.path.basename(os.path.normpath(logdir))
-        return logdir, nowname, ckpt
+        return logdir, ckpt
     if opt.name:
         name = "_" + opt.name
     elif opt.base:
         name = "_" + os.path.splitext(os.path.basename(opt.base[0]))[0]
     else:
         name = ""
-    nowname = now + name + opt.postfix
-    return os.path.join(opt.logdir, nowname), nowname, ""
+    return os.path.join(opt.logdir, now + name + opt.postfix), ""
 
 
 def build(config_files: list[str], config: DictConfig) -> Any:
@@ -313,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     dotlist = [a for a in argv if "=" in a and not a.startswith("-")]
     opt, unknown = parser.parse_known_args([a for a in argv if a not in dotlist])
     overrides = parse_overrides(unknown + dotlist)
-    logdir, nowname, ckpt = resolve_run_dirs(opt, now)
+    logdir, ckpt = resolve_run_dirs(opt, now)
     ckptdir = os.path.join(logdir, "checkpoints")
     cfgdir = os.path.join(logdir, "configs")
     seed_everything(opt.seed, workers=True)
@@ -352,7 +346,6 @@ def main(argv: list[str] | None = None) -> None:
     if not model.automatic_optimization:
         adapt_trainer_to_manual_optimization(model, trainer_args)
     trainer = Trainer(**trainer_args, **trainer_kwargs)
-    trainer.logdir = logdir
 
     base_lr = config.model.get("base_learning_rate", getattr(model, "learning_rate", 1.0e-4))
     if data is not None and opt.scale_lr:
@@ -367,16 +360,10 @@ def main(argv: list[str] | None = None) -> None:
         model.learning_rate = base_lr
         logger.info("Using base learning rate %.2e (no scaling)", base_lr)
 
-    try:
-        if opt.train:
-            trainer.fit(model, data, ckpt_path=ckpt or None)
-        if not opt.no_test and not trainer.interrupted and data is not None and "test" in data.dataset_configs:
-            trainer.test(model, data)
-    finally:
-        if opt.debug and not opt.resume and trainer.global_rank == 0 and os.path.isdir(logdir):
-            dst = os.path.join(os.path.dirname(os.path.dirname(logdir)) or ".", "debug_runs", nowname)
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            shutil.move(logdir, dst)
+    if opt.train:
+        trainer.fit(model, data, ckpt_path=ckpt or None)
+    if not opt.no_test and not trainer.interrupted and data is not None and "test" in data.dataset_configs:
+        trainer.test(model, data)
 
 
 if __name__ == "__main__":

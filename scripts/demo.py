@@ -26,7 +26,8 @@ from omegaconf import OmegaConf  # noqa: E402
 import main as trainer_main  # noqa: E402
 from ldm.data.synthetic import CLASSES  # noqa: E402
 from ldm.models.diffusion.ddim import DDIMSampler  # noqa: E402
-from ldm.scripting import load_model, save_grid  # noqa: E402
+from ldm.scripting.loading import load_model  # noqa: E402
+from ldm.scripting.outputs import save_grid  # noqa: E402
 
 AE_CONFIG = REPO / "configs" / "demo" / "autoencoder_kl_shapes.yaml"
 LDM_CONFIG = REPO / "configs" / "demo" / "ldm_shapes_cond.yaml"

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import trange  # noqa: E402
 
-from ldm import scripting  # noqa: E402
+from ldm.scripting import cli, imagenet, inputs, loading, outputs  # noqa: E402
 from ldm.util import UNCONDITIONAL_SENTINEL  # noqa: E402
 
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval.yaml"
@@ -51,7 +51,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n_samples", type=int, default=2, help="how many samples per round (the batch size)")
     parser.add_argument("--scale", type=float, default=5.0,
                         help="unconditional guidance scale (ignored by unconditional models)")
-    scripting.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT, sampler=None)
+    cli.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT, sampler=None)
     return parser
 
 
@@ -72,7 +72,7 @@ def conditioning_kind(model_config) -> tuple[str, int | None]:
 
 def load_image(path: str, multiple: int) -> torch.Tensor:
     """(1, 3, H, W) in [-1, 1]; ValueError when H or W is not a multiple of ``multiple``."""
-    image = Image.open(scripting.require_file(path, "--init_img")).convert("RGB")
+    image = Image.open(inputs.require_file(path, "--init_img")).convert("RGB")
     w, h = image.size
     if w % multiple or h % multiple:
         raise ValueError(f"--init_img {path} is {w}x{h}; width and height must be multiples of {multiple} "
@@ -85,14 +85,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
     """Run the script; returns the paths it wrote."""
     opt = get_parser().parse_args(argv)
     for name in ("n_iter", "n_samples", "ddim_steps"):
-        scripting.check_positive(f"--{name}", getattr(opt, name))
+        cli.check_positive(f"--{name}", getattr(opt, name))
     if not 0.0 < opt.strength <= 1.0:
         raise ValueError(f"--strength must be in (0, 1]; got {opt.strength}")
     t_enc = int(opt.strength * opt.ddim_steps)
     if t_enc < 1:
         raise ValueError(f"--strength {opt.strength} x --ddim_steps {opt.ddim_steps} gives no DDIM step; "
                          f"raise either")
-    config = scripting.load_config(opt.config)
+    config = inputs.load_config(opt.config)
     kind, n_classes = conditioning_kind(config.model)
     class_label = None
     if kind == TEXT and opt.prompt is None:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if kind == CLASS:
         if opt.class_label is None:
             raise ValueError("this is a class-conditional model: give a --class_label")
-        class_label = scripting.resolve_class(opt.class_label, n_classes)
+        class_label = imagenet.resolve_class(opt.class_label, n_classes)
     if kind != TEXT and opt.prompt is not None:
         raise ValueError(f"--prompt was given, but the model is {kind}")
     if kind != CLASS and opt.class_label is not None:
@@ -109,22 +109,22 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if kind == CLASS and uncond_class is None:  # the model's null class: ucg_class, else its last class
         ucg_class = config.model.params.get("ucg_class")
         uncond_class = int(ucg_class) if ucg_class is not None else n_classes - 1
-    init_image = load_image(opt.init_img, scripting.first_stage_factor(config.model)
-                            * scripting.unet_factor(config.model))
-    scripting.require_file(opt.ckpt, "checkpoint")
-    device = scripting.choose_device(opt.device)
+    init_image = load_image(opt.init_img, inputs.first_stage_factor(config.model)
+                            * inputs.unet_factor(config.model))
+    inputs.require_file(opt.ckpt, "checkpoint")
+    device = loading.choose_device(opt.device)
 
     from ldm.models.diffusion.ddim import DDIMSampler
 
-    model, _ = scripting.load_model(config, opt.ckpt, device)
+    model, _ = loading.load_model(config, opt.ckpt, device)
     sampler = DDIMSampler(model)
     sampler.make_schedule(ddim_num_steps=opt.ddim_steps, ddim_eta=opt.ddim_eta, verbose=False)
-    sample_path, base_count, grid_count = scripting.prepare_outdir(opt.outdir)
-    summary = scripting.OutputSummary()
+    sample_path, base_count, grid_count = outputs.prepare_outdir(opt.outdir)
+    summary = outputs.OutputSummary()
     n = opt.n_samples
-    scripting.seed_everything(opt.seed)
+    loading.seed_everything(opt.seed)
     all_samples = []
-    with torch.no_grad(), scripting.ema_weights(model):
+    with torch.no_grad(), loading.ema_weights(model):
         init_latent = model.get_first_stage_encoding(model.encode_first_stage(init_image.to(device)))
         init_latent = init_latent.repeat(n, 1, 1, 1)  # (n, C, h, w)
         c, uc = None, None
@@ -142,15 +142,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
             z_enc = sampler.stochastic_encode(init_latent, torch.tensor([t_enc - 1] * n, device=device))
             samples = sampler.decode(z_enc, c, t_enc, unconditional_guidance_scale=scale,
                                      unconditional_conditioning=uc, verbose=False)
-            x_samples = scripting.decode_to_unit(model, samples)
+            x_samples = outputs.decode_to_unit(model, samples)
             for x_sample in x_samples:
-                summary.add(scripting.save_image(x_sample, os.path.join(sample_path, f"{base_count:04}.png")))
+                summary.add(outputs.save_image(x_sample, os.path.join(sample_path, f"{base_count:04}.png")))
                 base_count += 1
             all_samples.append(x_samples)
-    summary.add(scripting.save_grid(all_samples, os.path.join(opt.outdir, f"grid-{grid_count:04}.png"), nrow=n))
+    summary.add(outputs.save_grid(all_samples, os.path.join(opt.outdir, f"grid-{grid_count:04}.png"), nrow=n))
     summary.print()
     return summary.paths
 
 
 if __name__ == "__main__":
-    scripting.run_script(main)
+    cli.run_script(main)

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ldm import scripting  # noqa: E402
+from ldm.scripting import cli, inputs, loading, outputs, samplers  # noqa: E402
 from ldm.models.diffusion.sampling import make_sampler  # noqa: E402
 
 DEFAULT_CONFIG = "models/ldm/inpainting_big/config.yaml"
@@ -38,7 +38,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="dir containing image-mask pairs (`example.png` and `example_mask.png`)")
     parser.add_argument("--outdir", type=str, nargs="?", required=True, help="dir to write results to")
     parser.add_argument("--steps", type=int, default=50, help="number of sampling steps")
-    scripting.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT)
+    cli.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT)
     return parser
 
 
@@ -92,8 +92,8 @@ def inpaint_batch(model: torch.nn.Module, sampler_name: str, sampler, batch: dic
     cc = torch.nn.functional.interpolate(batch["mask"], size=c.shape[-2:])  # (1, 1, h, w)
     c = torch.cat((c, cc), dim=1)
     shape = (c.shape[1] - 1,) + tuple(c.shape[2:])
-    samples = scripting.run_sampler(sampler_name, model, steps, c.shape[0], shape, conditioning=c, sampler=sampler)
-    predicted = scripting.decode_to_unit(model, samples)
+    samples = samplers.run_sampler(sampler_name, model, steps, c.shape[0], shape, conditioning=c, sampler=sampler)
+    predicted = outputs.decode_to_unit(model, samples)
     image = torch.clamp((batch["image"] + 1.0) / 2.0, min=0.0, max=1.0)
     mask = torch.clamp((batch["mask"] + 1.0) / 2.0, min=0.0, max=1.0)
     return (1 - mask) * image + mask * predicted
@@ -102,32 +102,32 @@ def inpaint_batch(model: torch.nn.Module, sampler_name: str, sampler, batch: dic
 def main(argv: list[str] | None = None) -> list[Path]:
     """Run the script; returns the paths it wrote."""
     opt = get_parser().parse_args(argv)
-    scripting.check_positive("--steps", opt.steps)
-    sampler_name = scripting.resolve_sampler(opt)
+    cli.check_positive("--steps", opt.steps)
+    sampler_name = samplers.resolve_sampler(opt)
     pairs = find_pairs(opt.indir)
-    config = scripting.load_config(opt.config)
-    check_sizes(pairs, scripting.first_stage_factor(config.model) * scripting.unet_factor(config.model))
-    scripting.require_file(opt.ckpt, "checkpoint")
-    device = scripting.choose_device(opt.device)
+    config = inputs.load_config(opt.config)
+    check_sizes(pairs, inputs.first_stage_factor(config.model) * inputs.unet_factor(config.model))
+    inputs.require_file(opt.ckpt, "checkpoint")
+    device = loading.choose_device(opt.device)
     print(f"Found {len(pairs)} inputs.")
 
-    model, _ = scripting.load_model(config, opt.ckpt, device)
+    model, _ = loading.load_model(config, opt.ckpt, device)
     if getattr(model, "cond_stage_model", None) is None or not hasattr(model.cond_stage_model, "encode"):
         raise ValueError(f"{opt.config}: inpainting needs a model conditioned on the first stage "
                          f"(cond_stage_config: __is_first_stage__, conditioning_key concat)")
     sampler = make_sampler(sampler_name, model)
     os.makedirs(opt.outdir, exist_ok=True)
-    summary = scripting.OutputSummary()
-    scripting.seed_everything(opt.seed)
-    with torch.no_grad(), scripting.ema_weights(model):
+    summary = outputs.OutputSummary()
+    loading.seed_everything(opt.seed)
+    with torch.no_grad(), loading.ema_weights(model):
         for image, mask in tqdm(pairs, desc="Inpainting"):
             batch = make_batch(image, mask, device=device)
             inpainted = inpaint_batch(model, sampler_name, sampler, batch, opt.steps)
             outpath = os.path.join(opt.outdir, os.path.split(image)[1])
-            summary.add(scripting.save_image(inpainted[0], outpath))
+            summary.add(outputs.save_image(inpainted[0], outpath))
     summary.print()
     return summary.paths
 
 
 if __name__ == "__main__":
-    scripting.run_script(main)
+    cli.run_script(main)

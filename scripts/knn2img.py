@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from tqdm import tqdm, trange  # noqa: E402
 
-from ldm import scripting  # noqa: E402
+from ldm.scripting import cli, inputs, loading, outputs, samplers  # noqa: E402
 from ldm.models.diffusion.sampling import make_sampler  # noqa: E402
 from ldm.retrieval import DATABASE_ROOT, DATABASES, SEARCHER_ROOT, Searcher  # noqa: E402
 
@@ -69,7 +69,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Include neighbors in addition to text prompt for conditioning")
     parser.add_argument("--knn", default=10, type=int,
                         help=f"The number of included neighbors (1 to {MAX_KNN}), only applied when --use_neighbors")
-    scripting.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT)
+    cli.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT)
     return parser
 
 
@@ -80,20 +80,20 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise ValueError(f"--knn must be between 1 and {MAX_KNN} (the RDM was trained with at most {MAX_KNN} "
                          f"neighbours); got {opt.knn}")
     for name in ("n_iter", "n_samples", "ddim_steps", "n_repeat"):
-        scripting.check_positive(f"--{name}", getattr(opt, name))
-    scripting.check_positive("--n_rows", opt.n_rows, allow_zero=True)
-    sampler_name = scripting.resolve_sampler(opt, eta=opt.ddim_eta)
+        cli.check_positive(f"--{name}", getattr(opt, name))
+    cli.check_positive("--n_rows", opt.n_rows, allow_zero=True)
+    sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
     batch_size = opt.n_samples
     n_rows = opt.n_rows if opt.n_rows > 0 else batch_size
     if opt.from_file:
-        data = scripting.chunks(scripting.read_prompts(opt.from_file), batch_size)
+        data = cli.chunks(inputs.read_prompts(opt.from_file), batch_size)
     else:
         data = [batch_size * [opt.prompt]]
-    config = scripting.load_config(opt.config)
-    h, w = scripting.latent_size(config.model, opt.H, opt.W)
-    shape = [scripting.latent_channels(config.model), h, w]
-    scripting.require_file(opt.ckpt, "checkpoint")
-    device = scripting.choose_device(opt.device)
+    config = inputs.load_config(opt.config)
+    h, w = inputs.latent_size(config.model, opt.H, opt.W)
+    shape = [inputs.latent_channels(config.model), h, w]
+    inputs.require_file(opt.ckpt, "checkpoint")
+    device = loading.choose_device(opt.device)
     searcher = None
     if opt.use_neighbors:
         searcher = Searcher(opt.database, database_root=opt.database_root, searcher_root=opt.searcher_root)
@@ -102,15 +102,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     clip_text_encoder = FrozenCLIPTextEmbedder(opt.clip_type, n_repeat=opt.n_repeat).to(device)
     clip_text_encoder.load()
-    model, _ = scripting.load_model(config, opt.ckpt, device)
+    model, _ = loading.load_model(config, opt.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     os.makedirs(opt.outdir, exist_ok=True)
-    sample_path, base_count, grid_count = scripting.prepare_outdir(opt.outdir)
-    summary = scripting.OutputSummary()
+    sample_path, base_count, grid_count = outputs.prepare_outdir(opt.outdir)
+    summary = outputs.OutputSummary()
     print(f"sampling scale for cfg is {opt.scale:.2f}")
-    scripting.seed_everything(opt.seed)
+    loading.seed_everything(opt.seed)
 
-    with torch.no_grad(), scripting.ema_weights(model):
+    with torch.no_grad(), loading.ema_weights(model):
         for _ in trange(opt.n_iter, desc="Sampling"):
             all_samples = []
             for prompts in tqdm(data, desc="data"):
@@ -120,17 +120,17 @@ def main(argv: list[str] | None = None) -> list[Path]:
                     nn_embeddings = torch.from_numpy(nn_dict["nn_embeddings"]).to(device=device, dtype=c.dtype)
                     c = torch.cat([c, nn_embeddings], dim=1)  # (B, n_repeat + knn, D)
                 uc = torch.zeros_like(c) if opt.scale != 1.0 else None
-                samples = scripting.run_sampler(sampler_name, model, opt.ddim_steps, c.shape[0], shape,
-                                                conditioning=c, eta=opt.ddim_eta, sampler=sampler,
-                                                unconditional_guidance_scale=opt.scale, unconditional_conditioning=uc)
-                x_samples = scripting.decode_to_unit(model, samples)
+                samples = samplers.run_sampler(sampler_name, model, opt.ddim_steps, c.shape[0], shape,
+                                               conditioning=c, eta=opt.ddim_eta, sampler=sampler,
+                                               unconditional_guidance_scale=opt.scale, unconditional_conditioning=uc)
+                x_samples = outputs.decode_to_unit(model, samples)
                 for x_sample in x_samples:
-                    summary.add(scripting.save_image(x_sample, os.path.join(sample_path, f"{base_count:05}.png")))
+                    summary.add(outputs.save_image(x_sample, os.path.join(sample_path, f"{base_count:05}.png")))
                     base_count += 1
                 all_samples.append(x_samples)
             if not opt.skip_grid:
-                summary.add(scripting.save_grid(all_samples, os.path.join(opt.outdir, f"grid-{grid_count:04}.png"),
-                                                nrow=n_rows))
+                summary.add(outputs.save_grid(all_samples, os.path.join(opt.outdir, f"grid-{grid_count:04}.png"),
+                                              nrow=n_rows))
                 grid_count += 1
 
     summary.print()
@@ -139,4 +139,4 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    scripting.run_script(main)
+    cli.run_script(main)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ldm import scripting  # noqa: E402
+from ldm.scripting import cli, imagenet, inputs, loading, outputs, samplers  # noqa: E402
 from ldm.models.diffusion.sampling import make_sampler  # noqa: E402
 
 DEFAULT_CONFIG = "configs/latent-diffusion/cin256-v2.yaml"
@@ -45,7 +45,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--uncond_class", type=int, default=UNCOND_CLASS,
                         help="the class index the model learned as unconditional")
     parser.add_argument("--outdir", type=str, default="outputs/cin-samples", help="dir to write results to")
-    scripting.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT)
+    cli.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT)
     return parser
 
 
@@ -64,46 +64,46 @@ def class_conditioning_info(model_config) -> tuple[str, int | None]:
 def main(argv: list[str] | None = None) -> list[Path]:
     """Run the script; returns the paths it wrote."""
     opt = get_parser().parse_args(argv)
-    scripting.check_positive("--n_samples_per_class", opt.n_samples_per_class)
-    scripting.check_positive("--ddim_steps", opt.ddim_steps)
-    sampler_name = scripting.resolve_sampler(opt, eta=opt.ddim_eta)
-    config = scripting.load_config(opt.config)
+    cli.check_positive("--n_samples_per_class", opt.n_samples_per_class)
+    cli.check_positive("--ddim_steps", opt.ddim_steps)
+    sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
+    config = inputs.load_config(opt.config)
     cond_key, n_classes = class_conditioning_info(config.model)
-    classes = [scripting.resolve_class(c, n_classes) for c in opt.classes]
+    classes = [imagenet.resolve_class(c, n_classes) for c in opt.classes]
     if opt.scale != 1.0 and not 0 <= opt.uncond_class < n_classes:
         raise ValueError(f"--uncond_class {opt.uncond_class} is not a class of this model ({n_classes} classes); "
                          f"guidance (--scale {opt.scale}) needs the learned unconditional class, or use --scale 1.0")
     size = int(config.model.params.get("image_size"))
-    shape = [scripting.latent_channels(config.model), size, size]
-    scripting.require_file(opt.ckpt, "checkpoint")
-    device = scripting.choose_device(opt.device)
+    shape = [inputs.latent_channels(config.model), size, size]
+    inputs.require_file(opt.ckpt, "checkpoint")
+    device = loading.choose_device(opt.device)
 
-    model, _ = scripting.load_model(config, opt.ckpt, device)
+    model, _ = loading.load_model(config, opt.ckpt, device)
     sampler = make_sampler(sampler_name, model)
-    sample_path, base_count, grid_count = scripting.prepare_outdir(opt.outdir)
-    summary = scripting.OutputSummary()
+    sample_path, base_count, grid_count = outputs.prepare_outdir(opt.outdir)
+    summary = outputs.OutputSummary()
     n = opt.n_samples_per_class
-    scripting.seed_everything(opt.seed)
+    loading.seed_everything(opt.seed)
     all_samples = []
-    with torch.no_grad(), scripting.ema_weights(model):
+    with torch.no_grad(), loading.ema_weights(model):
         uc = None
         if opt.scale != 1.0:
             uc = model.get_learned_conditioning({cond_key: torch.tensor(n * [opt.uncond_class], device=device)})
         for class_label in tqdm(classes, desc="Classes"):
             c = model.get_learned_conditioning({cond_key: torch.tensor(n * [class_label], device=device)})
-            samples = scripting.run_sampler(sampler_name, model, opt.ddim_steps, n, shape, conditioning=c,
-                                            eta=opt.ddim_eta, sampler=sampler, unconditional_guidance_scale=opt.scale,
-                                            unconditional_conditioning=uc)
-            x_samples = scripting.decode_to_unit(model, samples)
+            samples = samplers.run_sampler(sampler_name, model, opt.ddim_steps, n, shape, conditioning=c,
+                                           eta=opt.ddim_eta, sampler=sampler, unconditional_guidance_scale=opt.scale,
+                                           unconditional_conditioning=uc)
+            x_samples = outputs.decode_to_unit(model, samples)
             for x_sample in x_samples:
                 path = os.path.join(sample_path, f"class{class_label:04}_{base_count:04}.png")
-                summary.add(scripting.save_image(x_sample, path))
+                summary.add(outputs.save_image(x_sample, path))
                 base_count += 1
             all_samples.append(x_samples)
-    summary.add(scripting.save_grid(all_samples, os.path.join(opt.outdir, f"grid-{grid_count:04}.png"), nrow=n))
+    summary.add(outputs.save_grid(all_samples, os.path.join(opt.outdir, f"grid-{grid_count:04}.png"), nrow=n))
     summary.print()
     return summary.paths
 
 
 if __name__ == "__main__":
-    scripting.run_script(main)
+    cli.run_script(main)

@@ -31,7 +31,7 @@ import yaml  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from tqdm import trange  # noqa: E402
 
-from ldm import scripting  # noqa: E402
+from ldm.scripting import cli, inputs, loading, outputs, samplers  # noqa: E402
 from ldm.models.diffusion.sampling import make_sampler  # noqa: E402
 
 logger = logging.getLogger("sample_diffusion")
@@ -51,7 +51,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--custom_steps", type=int, nargs="?", default=50,
                         help="number of steps for ddim and fastdpm sampling")
     parser.add_argument("--batch_size", type=int, nargs="?", default=10, help="the bs")
-    scripting.add_common_arguments(parser, config=None, ckpt=None)
+    cli.add_common_arguments(parser, config=None, ckpt=None)
     return parser
 
 
@@ -70,7 +70,7 @@ def custom_to_uint8(x: torch.Tensor) -> np.ndarray:
 def resolve_paths(opt: argparse.Namespace) -> tuple[str, str, str]:
     """(logdir, checkpoint, config) from -r/--resume, --ckpt and --config."""
     if not os.path.exists(opt.resume):
-        raise FileNotFoundError(f"-r/--resume: cannot find {opt.resume}. {scripting.download_hint(opt.resume)}")
+        raise FileNotFoundError(f"-r/--resume: cannot find {opt.resume}. {inputs.download_hint(opt.resume)}")
     if os.path.isfile(opt.resume):
         logdir = os.path.dirname(opt.resume)
         ckpt = opt.resume
@@ -95,19 +95,19 @@ def main(argv: list[str] | None = None) -> list[Path]:
     now = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S")
     opt, unknown = get_parser().parse_known_args(argv)
     overrides = parse_overrides(unknown)
-    scripting.check_positive("-n/--n_samples", opt.n_samples)
-    scripting.check_positive("--batch_size", opt.batch_size)
-    scripting.check_positive("-c/--custom_steps", opt.custom_steps)
-    sampler_name = scripting.resolve_sampler(opt, eta=opt.eta)
+    cli.check_positive("-n/--n_samples", opt.n_samples)
+    cli.check_positive("--batch_size", opt.batch_size)
+    cli.check_positive("-c/--custom_steps", opt.custom_steps)
+    sampler_name = samplers.resolve_sampler(opt, eta=opt.eta)
     logdir, ckpt, config_path = resolve_paths(opt)
-    config = OmegaConf.merge(scripting.load_config(config_path), OmegaConf.from_dotlist(overrides))
-    scripting.require_file(ckpt, "checkpoint")
-    device = scripting.choose_device(opt.device)
+    config = OmegaConf.merge(inputs.load_config(config_path), OmegaConf.from_dotlist(overrides))
+    inputs.require_file(ckpt, "checkpoint")
+    device = loading.choose_device(opt.device)
 
     if opt.logdir != "none":
         locallog = os.path.basename(os.path.normpath(logdir))
         logdir = os.path.join(opt.logdir, locallog)
-    model, meta = scripting.load_model(config, ckpt, device)
+    model, meta = loading.load_model(config, ckpt, device)
     if getattr(model, "cond_stage_model", None) is not None:
         raise ValueError(f"{config_path}: only unconditional models can be sampled by this script "
                          f"(the model has a conditioning stage {type(model.cond_stage_model).__name__})")
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     print(75 * "=")
     print(f"logging to:\n{run_dir}")
     print(75 * "=")
-    summary = scripting.OutputSummary()
+    summary = outputs.OutputSummary()
     sampling_conf = vars(opt).copy()
     sampling_conf["sampler"] = sampler_name
     sampling_file = os.path.join(run_dir, "sampling_config.yaml")
@@ -133,14 +133,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
         yaml.dump(sampling_conf, f, default_flow_style=False)
     summary.add(sampling_file)
 
-    scripting.seed_everything(opt.seed)
+    loading.seed_everything(opt.seed)
     run(model, sampler_name, imglogdir, numpylogdir, opt, summary)
     summary.print()
     return summary.paths
 
 
 def run(model: torch.nn.Module, sampler_name: str, imglogdir: str, numpylogdir: str, opt: argparse.Namespace,
-        summary: scripting.OutputSummary) -> None:
+        summary: outputs.OutputSummary) -> None:
     """Draw ``opt.n_samples`` samples in batches; write each as PNG and all of them as one .npz."""
     if sampler_name == "ddpm":
         print(f"Using Vanilla DDPM sampling with {model.num_timesteps} sampling steps.")
@@ -156,24 +156,24 @@ def run(model: torch.nn.Module, sampler_name: str, imglogdir: str, numpylogdir: 
     print(f"Running unconditional sampling for {opt.n_samples} samples")
     for i in trange(len(batch_sizes), desc="Sampling Batches (unconditional)"):
         bs = batch_sizes[i]
-        with torch.no_grad(), scripting.ema_weights(model):
+        with torch.no_grad(), loading.ema_weights(model):
             t0 = time.time()
-            samples = scripting.run_sampler(sampler_name, model, opt.custom_steps, bs, shape, eta=opt.eta,
-                                            sampler=sampler)
+            samples = samplers.run_sampler(sampler_name, model, opt.custom_steps, bs, shape, eta=opt.eta,
+                                           sampler=sampler)
             t1 = time.time()
             x_sample = model.decode_first_stage(samples) if hasattr(model, "decode_first_stage") else samples
         print(f"Throughput for this batch: {bs / (t1 - t0):.3f} samples/s")
         for x in x_sample:
             path = os.path.join(imglogdir, f"sample_{n_saved:06}.png")
-            summary.add(scripting.save_array_image(custom_to_uint8(x), path))
+            summary.add(outputs.save_array_image(custom_to_uint8(x), path))
             n_saved += 1
         all_images.append(custom_to_np(x_sample))
     all_img = np.concatenate(all_images, axis=0)[: opt.n_samples]
     shape_str = "x".join(str(x) for x in all_img.shape)
     nppath = os.path.join(numpylogdir, f"{shape_str}-samples.npz")
-    summary.add(scripting.save_npz(nppath, all_img))
+    summary.add(outputs.save_npz(nppath, all_img))
     print(f"sampling of {n_saved} images finished in {(time.time() - tstart) / 60.:.2f} minutes.")
 
 
 if __name__ == "__main__":
-    scripting.run_script(main)
+    cli.run_script(main)

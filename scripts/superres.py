@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ldm import scripting  # noqa: E402
+from ldm.scripting import cli, inputs, loading, outputs, samplers  # noqa: E402
 from ldm.models.diffusion.sampling import make_sampler  # noqa: E402
 
 DEFAULT_CONFIG = "models/ldm/bsr_sr/config.yaml"
@@ -39,7 +39,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ddim_steps", type=int, default=100, help="number of sampling steps")
     parser.add_argument("--ddim_eta", type=float, default=1.0,
                         help="ddim eta (eta=0.0 corresponds to deterministic sampling)")
-    scripting.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT)
+    cli.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT)
     return parser
 
 
@@ -65,40 +65,40 @@ def load_low_res(path: Path, device: torch.device) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> list[Path]:
     """Run the script; returns the paths it wrote."""
     opt = get_parser().parse_args(argv)
-    scripting.check_positive("--ddim_steps", opt.ddim_steps)
-    sampler_name = scripting.resolve_sampler(opt, eta=opt.ddim_eta)
-    inputs = list_inputs(opt.input)
-    config = scripting.load_config(opt.config)
-    f = scripting.first_stage_factor(config.model)
+    cli.check_positive("--ddim_steps", opt.ddim_steps)
+    sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
+    low_res = list_inputs(opt.input)
+    config = inputs.load_config(opt.config)
+    f = inputs.first_stage_factor(config.model)
     geometry = {}
-    for path in inputs:
+    for path in low_res:
         with Image.open(path) as im:
             w, h = im.size
-        lh, lw = scripting.latent_size(config.model, UPSCALE * h, UPSCALE * w, flag="4 x height/4 x width")
+        lh, lw = inputs.latent_size(config.model, UPSCALE * h, UPSCALE * w, flag="4 x height/4 x width")
         if (lh, lw) != (h, w):
             raise ValueError(f"{config.model.get('target')} with first-stage factor {f} makes a {lh}x{lw} latent for "
                              f"a {UPSCALE}x upscale of {path} ({h}x{w}); the low-resolution conditioning must have the "
                              f"latent's size, i.e. a first-stage factor of {UPSCALE}")
         geometry[path] = (lh, lw)
-    scripting.require_file(opt.ckpt, "checkpoint")
-    device = scripting.choose_device(opt.device)
+    inputs.require_file(opt.ckpt, "checkpoint")
+    device = loading.choose_device(opt.device)
 
-    model, _ = scripting.load_model(config, opt.ckpt, device)
+    model, _ = loading.load_model(config, opt.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     os.makedirs(opt.outdir, exist_ok=True)
-    summary = scripting.OutputSummary()
-    channels = scripting.latent_channels(config.model)
-    scripting.seed_everything(opt.seed)
-    with torch.no_grad(), scripting.ema_weights(model):
-        for path in tqdm(inputs, desc="Super-resolution"):
+    summary = outputs.OutputSummary()
+    channels = inputs.latent_channels(config.model)
+    loading.seed_everything(opt.seed)
+    with torch.no_grad(), loading.ema_weights(model):
+        for path in tqdm(low_res, desc="Super-resolution"):
             c = model.get_learned_conditioning(load_low_res(path, device))  # (1, 3, h, w)
-            samples = scripting.run_sampler(sampler_name, model, opt.ddim_steps, 1, [channels, *geometry[path]],
-                                            conditioning=c, eta=opt.ddim_eta, sampler=sampler)
-            x = scripting.decode_to_unit(model, samples)
-            summary.add(scripting.save_image(x[0], os.path.join(opt.outdir, path.stem + ".png")))
+            samples = samplers.run_sampler(sampler_name, model, opt.ddim_steps, 1, [channels, *geometry[path]],
+                                           conditioning=c, eta=opt.ddim_eta, sampler=sampler)
+            x = outputs.decode_to_unit(model, samples)
+            summary.add(outputs.save_image(x[0], os.path.join(opt.outdir, path.stem + ".png")))
     summary.print()
     return summary.paths
 
 
 if __name__ == "__main__":
-    scripting.run_script(main)
+    cli.run_script(main)

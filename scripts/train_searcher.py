@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm import scripting  # noqa: E402
+from ldm.scripting import cli  # noqa: E402
 from ldm.retrieval import build_searcher, load_database, save_searcher, scann_module  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> list[Path]:
     """Run the script; returns the searcher folder."""
     opt = get_parser().parse_args(argv)
-    scripting.check_positive("--knn", opt.knn)
+    cli.check_positive("--knn", opt.knn)
     data_pool = load_database(opt.database)
     pool_size, dim = data_pool["embedding"].shape
     backend = "ScaNN" if scann_module() is not None else "numpy brute force (scann is not importable)"
@@ -50,4 +50,4 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    scripting.run_script(main)
+    cli.run_script(main)

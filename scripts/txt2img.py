@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ldm import scripting  # noqa: E402
+from ldm.scripting import cli, inputs, loading, outputs, samplers  # noqa: E402
 from ldm.models.diffusion.sampling import make_sampler  # noqa: E402
 
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval.yaml"
@@ -46,7 +46,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="how many samples to produce for the given prompt (the batch size)")
     parser.add_argument("--scale", type=float, default=5.0,
                         help="unconditional guidance scale: eps = eps(x, empty) + scale * (eps(x, cond) - eps(x, empty))")
-    scripting.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT)
+    cli.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT)
     return parser
 
 
@@ -55,24 +55,24 @@ def main(argv: list[str] | None = None) -> list[Path]:
     opt = get_parser().parse_args(argv)
     # everything that can be wrong with the arguments is found before the model is built
     for name in ("n_iter", "n_samples", "ddim_steps"):
-        scripting.check_positive(f"--{name}", getattr(opt, name))
-    sampler_name = scripting.resolve_sampler(opt, eta=opt.ddim_eta)
-    prompts = scripting.read_prompts(opt.from_file) if opt.from_file else [opt.prompt]
+        cli.check_positive(f"--{name}", getattr(opt, name))
+    sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
+    prompts = inputs.read_prompts(opt.from_file) if opt.from_file else [opt.prompt]
     if any(p is None for p in prompts):
         raise ValueError("give a --prompt or a --from-file")
-    config = scripting.load_config(opt.config)
-    h, w = scripting.latent_size(config.model, opt.H, opt.W)
-    shape = [scripting.latent_channels(config.model), h, w]
-    scripting.require_file(opt.ckpt, "checkpoint")
-    device = scripting.choose_device(opt.device)
+    config = inputs.load_config(opt.config)
+    h, w = inputs.latent_size(config.model, opt.H, opt.W)
+    shape = [inputs.latent_channels(config.model), h, w]
+    inputs.require_file(opt.ckpt, "checkpoint")
+    device = loading.choose_device(opt.device)
 
-    model, _ = scripting.load_model(config, opt.ckpt, device)
+    model, _ = loading.load_model(config, opt.ckpt, device)
     sampler = make_sampler(sampler_name, model)
-    sample_path, base_count, _ = scripting.prepare_outdir(opt.outdir)
-    summary = scripting.OutputSummary()
-    scripting.seed_everything(opt.seed)
+    sample_path, base_count, _ = outputs.prepare_outdir(opt.outdir)
+    summary = outputs.OutputSummary()
+    loading.seed_everything(opt.seed)
 
-    with torch.no_grad(), scripting.ema_weights(model):
+    with torch.no_grad(), loading.ema_weights(model):
         uc = None
         if opt.scale != 1.0:
             uc = model.get_learned_conditioning(opt.n_samples * [""])
@@ -80,17 +80,17 @@ def main(argv: list[str] | None = None) -> list[Path]:
             all_samples = []
             for _ in tqdm(range(opt.n_iter), desc=f"Sampling {prompt[:40]!r}"):
                 c = model.get_learned_conditioning(opt.n_samples * [prompt])
-                samples = scripting.run_sampler(sampler_name, model, opt.ddim_steps, opt.n_samples, shape,
-                                                conditioning=c, eta=opt.ddim_eta, sampler=sampler,
-                                                unconditional_guidance_scale=opt.scale,
-                                                unconditional_conditioning=uc)
-                x_samples = scripting.decode_to_unit(model, samples)
+                samples = samplers.run_sampler(sampler_name, model, opt.ddim_steps, opt.n_samples, shape,
+                                               conditioning=c, eta=opt.ddim_eta, sampler=sampler,
+                                               unconditional_guidance_scale=opt.scale,
+                                               unconditional_conditioning=uc)
+                x_samples = outputs.decode_to_unit(model, samples)
                 for x_sample in x_samples:
-                    summary.add(scripting.save_image(x_sample, os.path.join(sample_path, f"{base_count:04}.png")))
+                    summary.add(outputs.save_image(x_sample, os.path.join(sample_path, f"{base_count:04}.png")))
                     base_count += 1
                 all_samples.append(x_samples)
-            grid_path = os.path.join(opt.outdir, scripting.prompt_filename(prompt))
-            summary.add(scripting.save_grid(all_samples, grid_path, nrow=opt.n_samples))
+            grid_path = os.path.join(opt.outdir, outputs.prompt_filename(prompt))
+            summary.add(outputs.save_grid(all_samples, grid_path, nrow=opt.n_samples))
 
     summary.print()
     print(f"Your samples are ready and waiting for you here: \n{opt.outdir} \nEnjoy.")
@@ -98,4 +98,4 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    scripting.run_script(main)
+    cli.run_script(main)

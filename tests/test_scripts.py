@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from ldm import scripting
+from ldm.scripting import inputs, loading, outputs
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.plms import PLMSSampler
 from ldm.util import instantiate_from_config
@@ -73,7 +73,7 @@ def png(path: Path) -> np.ndarray:
 
 def reference_images(model, samples: torch.Tensor) -> np.ndarray:
     """What the scripts write for latent samples: decode, [0, 1], 255 * x truncated."""
-    x = scripting.decode_to_unit(model, samples)
+    x = outputs.decode_to_unit(model, samples)
     return (255.0 * x.cpu().numpy().transpose(0, 2, 3, 1)).astype(np.uint8)
 
 
@@ -81,7 +81,7 @@ def forbid_model_loading(monkeypatch) -> None:
     """Argument errors must come before any model is built."""
     def fail(*args, **kwargs):
         raise AssertionError("a model was loaded before the argument error was raised")
-    monkeypatch.setattr(scripting, "load_model", fail)
+    monkeypatch.setattr(loading, "load_model", fail)
 
 
 def write_bert_tokenizer(folder: Path) -> Path:
@@ -201,9 +201,9 @@ def test_readme_command_lines_parse(name, command):
 
 
 def test_readme_txt2img_sizes_fit_the_model():
-    config = scripting.load_config(REPO / "configs/latent-diffusion/txt2img-1p4B-eval.yaml")
-    assert scripting.latent_size(config.model, 384, 1024) == (48, 128)
-    assert scripting.latent_channels(config.model) == 4
+    config = inputs.load_config(REPO / "configs/latent-diffusion/txt2img-1p4B-eval.yaml")
+    assert inputs.latent_size(config.model, 384, 1024) == (48, 128)
+    assert inputs.latent_channels(config.model) == 4
 
 
 # ------------------------------------------------------------------------------------------------
@@ -237,8 +237,8 @@ def test_txt2img_writes_samples_and_grid(txt2img_ckpt, tmp_path):
     assert not np.array_equal(png(tmp_path / "a" / "samples" / "0004.png"), png(samples[0]))
 
     # the images are those of the model and DDIM called directly
-    model, _ = scripting.load_model(scripting.load_config(config), ckpt, torch.device("cpu"))
-    scripting.seed_everything(scripting.DEFAULT_SEED)
+    model, _ = loading.load_model(inputs.load_config(config), ckpt, torch.device("cpu"))
+    loading.seed_everything(loading.DEFAULT_SEED)
     with torch.no_grad():
         uc = model.get_learned_conditioning(2 * [""])
         c = model.get_learned_conditioning(2 * ["a red circle"])
@@ -259,8 +259,8 @@ def test_txt2img_from_file_and_plms(txt2img_ckpt, tmp_path):
     assert len(list((tmp_path / "out" / "samples").glob("*.png"))) == 2
     assert (tmp_path / "out" / "a-blue-square-on-the-left.png").is_file()
 
-    model, _ = scripting.load_model(scripting.load_config(config), ckpt, torch.device("cpu"))
-    scripting.seed_everything(scripting.DEFAULT_SEED)
+    model, _ = loading.load_model(inputs.load_config(config), ckpt, torch.device("cpu"))
+    loading.seed_everything(loading.DEFAULT_SEED)
     with torch.no_grad():
         uc = model.get_learned_conditioning([""])
         c = model.get_learned_conditioning(["a red circle"])
@@ -314,7 +314,7 @@ def test_strict_checkpoint_loading(txt2img_ckpt, tmp_path):
     state["state_dict"]["not.a.key"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad.ckpt")
     with pytest.raises(ValueError, match="1 missing keys .* 1 unexpected keys .*not.a.key"):
-        scripting.load_model(scripting.load_config(config), tmp_path / "bad.ckpt", torch.device("cpu"))
+        loading.load_model(inputs.load_config(config), tmp_path / "bad.ckpt", torch.device("cpu"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -355,18 +355,18 @@ def test_inpaint_end_to_end(tmp_path):
     script("inpaint").main(argv[:3] + [str(tmp_path / "again")] + argv[4:])
     assert np.array_equal(png(tmp_path / "out" / names[0]), png(tmp_path / "again" / names[0]))
     inpaint = script("inpaint")
-    model, _ = scripting.load_model(scripting.load_config(config), ckpt, torch.device("cpu"))
-    scripting.seed_everything(scripting.DEFAULT_SEED)
+    model, _ = loading.load_model(inputs.load_config(config), ckpt, torch.device("cpu"))
+    loading.seed_everything(loading.DEFAULT_SEED)
     with torch.no_grad(), model.ema_scope():
         batch = inpaint.make_batch(str(tmp_path / "in" / names[0]), str(tmp_path / "in" / "ex0_mask.png"),
                                    torch.device("cpu"))
         c = model.cond_stage_model.encode(batch["masked_image"])
         c = torch.cat((c, torch.nn.functional.interpolate(batch["mask"], size=c.shape[-2:])), dim=1)
         samples, _ = DDIMSampler(model).sample(S=3, conditioning=c, batch_size=1, shape=(3, 8, 8), verbose=False)
-        predicted = scripting.decode_to_unit(model, samples)
+        predicted = outputs.decode_to_unit(model, samples)
         mask = (batch["mask"] + 1) / 2
         expected = (1 - mask) * (batch["image"] + 1) / 2 + mask * predicted
-    assert np.array_equal(png(tmp_path / "out" / names[0]), scripting.to_uint8(expected[0]))
+    assert np.array_equal(png(tmp_path / "out" / names[0]), outputs.to_uint8(expected[0]))
 
 
 def test_inpaint_mask_size_mismatch_fails_first(tmp_path, monkeypatch):
@@ -416,8 +416,8 @@ def test_sample_diffusion_layout_and_numbers(uncond_ckpt, tmp_path):
     assert sampling_config.n_samples == 3 and sampling_config.custom_steps == 2
 
     # DDIM with eta 0 in batches of 2 + 1, called directly, gives the same uint8 arrays
-    model, _ = scripting.load_model(scripting.load_config(config), ckpt, torch.device("cpu"))
-    scripting.seed_everything(scripting.DEFAULT_SEED)
+    model, _ = loading.load_model(inputs.load_config(config), ckpt, torch.device("cpu"))
+    loading.seed_everything(loading.DEFAULT_SEED)
     expected = []
     with torch.no_grad(), model.ema_scope():
         for bs in (2, 1):
@@ -447,7 +447,7 @@ def test_sample_diffusion_from_logdir_vanilla_and_overrides(uncond_ckpt, tmp_pat
 
 def test_ddpm_sampler_matches_p_sample_loop(uncond_ckpt):
     config, ckpt = uncond_ckpt
-    model, _ = scripting.load_model(scripting.load_config(config), ckpt, torch.device("cpu"))
+    model, _ = loading.load_model(inputs.load_config(config), ckpt, torch.device("cpu"))
     from ldm.models.diffusion.sampling import DDPMSampler
 
     torch.manual_seed(99)
@@ -496,12 +496,12 @@ def test_train_searcher_and_knn2img(rdm_setup, tmp_path):
     from ldm.modules.encoders.modules import FrozenCLIPTextEmbedder
     from ldm.retrieval import Searcher
 
-    model, _ = scripting.load_model(scripting.load_config(s["config"]), s["ckpt"], torch.device("cpu"))
+    model, _ = loading.load_model(inputs.load_config(s["config"]), s["ckpt"], torch.device("cpu"))
     c = FrozenCLIPTextEmbedder(str(s["clip"])).encode(2 * ["a happy pineapple"])
     nn = Searcher("artbench-surrealism", s["db_root"], searchers)(c, 4)
     assert nn["nn_embeddings"].shape == (2, 4, 16)
     c = torch.cat([c, torch.from_numpy(nn["nn_embeddings"])], dim=1)
-    scripting.seed_everything(scripting.DEFAULT_SEED)
+    loading.seed_everything(loading.DEFAULT_SEED)
     with torch.no_grad(), model.ema_scope():
         samples_direct, _ = DDIMSampler(model).sample(S=2, conditioning=c, batch_size=2, shape=[4, 8, 8],
                                                       verbose=False, unconditional_guidance_scale=5.0,
@@ -567,8 +567,8 @@ def test_sample_cin_end_to_end(cin_ckpt, tmp_path):
                                          "class0448_0003.png"]
     assert png(tmp_path / "out" / "grid-0000.png").shape == (2 + 2 * 18, 2 + 2 * 18, 3)
 
-    model, _ = scripting.load_model(scripting.load_config(config), ckpt, torch.device("cpu"))
-    scripting.seed_everything(scripting.DEFAULT_SEED)
+    model, _ = loading.load_model(inputs.load_config(config), ckpt, torch.device("cpu"))
+    loading.seed_everything(loading.DEFAULT_SEED)
     with torch.no_grad():
         uc = model.get_learned_conditioning({"class_label": torch.tensor([1000, 1000])})
         c = model.get_learned_conditioning({"class_label": torch.tensor([25, 25])})
@@ -614,11 +614,11 @@ def test_img2img_class_and_unconditional(cin_ckpt, uncond_ckpt, tmp_path):
     config, ckpt = uncond_ckpt
     script("img2img").main(common + ["--config", str(config), "--ckpt", str(ckpt), "--outdir", str(tmp_path / "u")])
     # the DDIM path called directly: encode, noise to step index t_enc - 1, decode from t_enc
-    model, _ = scripting.load_model(scripting.load_config(config), ckpt, torch.device("cpu"))
+    model, _ = loading.load_model(inputs.load_config(config), ckpt, torch.device("cpu"))
     sampler = DDIMSampler(model)
     sampler.make_schedule(ddim_num_steps=4, ddim_eta=0.0, verbose=False)
     init = torch.from_numpy(png(tmp_path / "init.png").astype(np.float32) / 255.0).permute(2, 0, 1)[None] * 2 - 1
-    scripting.seed_everything(scripting.DEFAULT_SEED)
+    loading.seed_everything(loading.DEFAULT_SEED)
     with torch.no_grad(), model.ema_scope():
         z = model.get_first_stage_encoding(model.encode_first_stage(init)).repeat(2, 1, 1, 1)
         z_enc = sampler.stochastic_encode(z, torch.tensor([1, 1]))

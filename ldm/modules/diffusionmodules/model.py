@@ -8,7 +8,6 @@ the released checkpoints load with ``strict=True``.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from typing import Any, Sequence
@@ -17,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+from ldm.modules.attention import LinearAttention
 
 logger = logging.getLogger(__name__)
 
@@ -152,28 +153,13 @@ class AttnBlock(nn.Module):
         return x + self.proj_out(h_)
 
 
-@functools.lru_cache(maxsize=None)
-def _lin_attn_block_class() -> type:
-    # LinearAttention lives in ldm.modules.attention; import it only when a linear block is asked for
-    from ldm.modules.attention import LinearAttention
+class LinAttnBlock(LinearAttention):
+    """Linear attention with one head as wide as the input, usable wherever `AttnBlock` is."""
 
-    class LinAttnBlock(LinearAttention):
-        """Linear attention with one head as wide as the input, usable wherever `AttnBlock` is."""
-
-        def __init__(self,
-                     in_channels: int,  # channels in and out (also the head width)
-                     ):
-            super().__init__(dim=in_channels, heads=1, dim_head=in_channels)
-
-    LinAttnBlock.__module__ = __name__
-    return LinAttnBlock
-
-
-def __getattr__(name: str) -> Any:
-    # `LinAttnBlock` is built on first access, so this module imports without ldm.modules.attention
-    if name == "LinAttnBlock":
-        return _lin_attn_block_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __init__(self,
+                 in_channels: int,  # channels in and out (also the head width)
+                 ):
+        super().__init__(dim=in_channels, heads=1, dim_head=in_channels)
 
 
 def make_attn(in_channels: int, attn_type: str = "vanilla") -> nn.Module:
@@ -185,7 +171,7 @@ def make_attn(in_channels: int, attn_type: str = "vanilla") -> nn.Module:
         return AttnBlock(in_channels)
     if attn_type == "none":
         return nn.Identity()
-    return _lin_attn_block_class()(in_channels)
+    return LinAttnBlock(in_channels)
 
 
 def _down_path(owner: nn.Module, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
@@ -463,276 +449,3 @@ class Decoder(nn.Module):
             h = torch.tanh(h)
         return h
 
-
-class SimpleDecoder(nn.Module):
-    """A small decoder: 1x1 conv, three residual blocks, 1x1 conv, one 2x upsampling, output conv."""
-
-    def __init__(self,
-                 in_channels: int,  # input channels
-                 out_channels: int,  # output channels
-                 *args: Any,  # accepted and ignored, as in the original
-                 **kwargs: Any,  # accepted and ignored, as in the original
-                 ):
-        super().__init__()
-        self.model = nn.ModuleList([
-            nn.Conv2d(in_channels, in_channels, 1),
-            ResnetBlock(in_channels=in_channels, out_channels=2 * in_channels, temb_channels=0, dropout=0.0),
-            ResnetBlock(in_channels=2 * in_channels, out_channels=4 * in_channels, temb_channels=0, dropout=0.0),
-            ResnetBlock(in_channels=4 * in_channels, out_channels=2 * in_channels, temb_channels=0, dropout=0.0),
-            nn.Conv2d(2 * in_channels, in_channels, 1),
-            Upsample(in_channels, with_conv=True),
-        ])
-        self.norm_out = Normalize(in_channels)
-        self.conv_out = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.model:
-            x = layer(x, None) if isinstance(layer, ResnetBlock) else layer(x)  # ends at (B, C_in, 2H, 2W)
-        return self.conv_out(nonlinearity(self.norm_out(x)))  # (B, C_out, 2H, 2W)
-
-
-class UpsampleDecoder(nn.Module):
-    """Residual blocks with 2x upsampling between levels, then an output conv."""
-
-    def __init__(self,
-                 in_channels: int,  # input channels
-                 out_channels: int,  # output channels
-                 ch: int,  # base channel count
-                 num_res_blocks: int,  # residual blocks per level (plus one)
-                 resolution: int,  # output resolution
-                 ch_mult: Sequence[int] = (2, 2),  # channel multiplier per level
-                 dropout: float = 0.0,  # dropout inside the residual blocks
-                 ):
-        super().__init__()
-        self.temb_ch = 0
-        self.num_resolutions = len(ch_mult)
-        self.num_res_blocks = num_res_blocks
-        block_in = in_channels
-        curr_res = resolution // 2 ** (self.num_resolutions - 1)
-        self.res_blocks = nn.ModuleList()
-        self.upsample_blocks = nn.ModuleList()
-        for i_level in range(self.num_resolutions):
-            res_block = []
-            block_out = ch * ch_mult[i_level]
-            for _ in range(self.num_res_blocks + 1):
-                res_block.append(ResnetBlock(in_channels=block_in, out_channels=block_out,
-                                             temb_channels=self.temb_ch, dropout=dropout))
-                block_in = block_out
-            self.res_blocks.append(nn.ModuleList(res_block))
-            if i_level != self.num_resolutions - 1:
-                self.upsample_blocks.append(Upsample(block_in, True))
-                curr_res = curr_res * 2
-        self.norm_out = Normalize(block_in)
-        self.conv_out = nn.Conv2d(block_in, out_channels, kernel_size=3, stride=1, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x
-        for i_level in range(self.num_resolutions):
-            for i_block in range(self.num_res_blocks + 1):
-                h = self.res_blocks[i_level][i_block](h, None)
-            if i_level != self.num_resolutions - 1:
-                h = self.upsample_blocks[i_level](h)  # (B, C, 2h, 2w)
-        return self.conv_out(nonlinearity(self.norm_out(h)))  # (B, out_channels, H, W)
-
-
-class LatentRescaler(nn.Module):
-    """Residual blocks, resize by ``factor``, attention, residual blocks, 1x1 conv."""
-
-    def __init__(self,
-                 factor: float,  # spatial resize factor
-                 in_channels: int,  # input channels
-                 mid_channels: int,  # width of the residual blocks
-                 out_channels: int,  # output channels
-                 depth: int = 2,  # residual blocks before and after the resize
-                 ):
-        super().__init__()
-        self.factor = factor
-        self.conv_in = nn.Conv2d(in_channels, mid_channels, kernel_size=3, stride=1, padding=1)
-        self.res_block1 = nn.ModuleList([ResnetBlock(in_channels=mid_channels, out_channels=mid_channels,
-                                                     temb_channels=0, dropout=0.0) for _ in range(depth)])
-        self.attn = AttnBlock(mid_channels)
-        self.res_block2 = nn.ModuleList([ResnetBlock(in_channels=mid_channels, out_channels=mid_channels,
-                                                     temb_channels=0, dropout=0.0) for _ in range(depth)])
-        self.conv_out = nn.Conv2d(mid_channels, out_channels, kernel_size=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv_in(x)  # (B, mid, H, W)
-        for block in self.res_block1:
-            x = block(x, None)
-        size = (int(round(x.shape[2] * self.factor)), int(round(x.shape[3] * self.factor)))
-        x = F.interpolate(x, size=size)  # (B, mid, H * factor, W * factor)
-        x = self.attn(x)
-        for block in self.res_block2:
-            x = block(x, None)
-        return self.conv_out(x)  # (B, out_channels, H * factor, W * factor)
-
-
-class MergedRescaleEncoder(nn.Module):
-    """An `Encoder` followed by a `LatentRescaler`."""
-
-    def __init__(self,
-                 in_channels: int,  # image channels
-                 ch: int,  # base channel count
-                 resolution: int,  # input resolution
-                 out_ch: int,  # output channels
-                 num_res_blocks: int,  # residual blocks per encoder level
-                 attn_resolutions: Sequence[int],  # resolutions at which attention blocks are added
-                 dropout: float = 0.0,  # dropout inside the residual blocks
-                 resamp_with_conv: bool = True,  # learned (conv) downsampling
-                 ch_mult: Sequence[int] = (1, 2, 4, 8),  # channel multiplier per level
-                 rescale_factor: float = 1.0,  # spatial resize factor of the rescaler
-                 rescale_module_depth: int = 1,  # residual blocks before and after the resize
-                 ):
-        super().__init__()
-        intermediate_chn = ch * ch_mult[-1]
-        self.encoder = Encoder(in_channels=in_channels, num_res_blocks=num_res_blocks, ch=ch, ch_mult=ch_mult,
-                               z_channels=intermediate_chn, double_z=False, resolution=resolution,
-                               attn_resolutions=attn_resolutions, dropout=dropout,
-                               resamp_with_conv=resamp_with_conv, out_ch=None)
-        self.rescaler = LatentRescaler(factor=rescale_factor, in_channels=intermediate_chn,
-                                       mid_channels=intermediate_chn, out_channels=out_ch,
-                                       depth=rescale_module_depth)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.rescaler(self.encoder(x))  # (B, out_ch, h * factor, w * factor)
-
-
-class MergedRescaleDecoder(nn.Module):
-    """A `LatentRescaler` followed by a `Decoder`."""
-
-    def __init__(self,
-                 z_channels: int,  # latent channels
-                 out_ch: int,  # image channels
-                 resolution: int,  # output resolution
-                 num_res_blocks: int,  # residual blocks per decoder level
-                 attn_resolutions: Sequence[int],  # resolutions at which attention blocks are added
-                 ch: int,  # base channel count
-                 ch_mult: Sequence[int] = (1, 2, 4, 8),  # channel multiplier per level
-                 dropout: float = 0.0,  # dropout inside the residual blocks
-                 resamp_with_conv: bool = True,  # learned (conv) upsampling
-                 rescale_factor: float = 1.0,  # spatial resize factor of the rescaler
-                 rescale_module_depth: int = 1,  # residual blocks before and after the resize
-                 ):
-        super().__init__()
-        tmp_chn = z_channels * ch_mult[-1]
-        self.decoder = Decoder(out_ch=out_ch, z_channels=tmp_chn, attn_resolutions=attn_resolutions, dropout=dropout,
-                               resamp_with_conv=resamp_with_conv, in_channels=None, num_res_blocks=num_res_blocks,
-                               ch_mult=ch_mult, resolution=resolution, ch=ch)
-        self.rescaler = LatentRescaler(factor=rescale_factor, in_channels=z_channels, mid_channels=tmp_chn,
-                                       out_channels=tmp_chn, depth=rescale_module_depth)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.rescaler(x))  # (B, out_ch, H, W)
-
-
-class Upsampler(nn.Module):
-    """Upsample a latent map from ``in_size`` to ``out_size``: a `LatentRescaler` and a `Decoder`."""
-
-    def __init__(self,
-                 in_size: int,  # input spatial size
-                 out_size: int,  # output spatial size (at least in_size)
-                 in_channels: int,  # input channels
-                 out_channels: int,  # output channels
-                 ch_mult: int = 2,  # channel multiplier of every decoder level
-                 ):
-        super().__init__()
-        if out_size < in_size:
-            raise ValueError(f"out_size must be at least in_size ({in_size}); got {out_size}")
-        num_blocks = int(math.log2(out_size // in_size)) + 1
-        factor_up = 1.0 + (out_size % in_size)
-        logger.info("Building %s with in_size: %d --> out_size %d and factor %s",
-                    self.__class__.__name__, in_size, out_size, factor_up)
-        self.rescaler = LatentRescaler(factor=factor_up, in_channels=in_channels, mid_channels=2 * in_channels,
-                                       out_channels=in_channels)
-        self.decoder = Decoder(out_ch=out_channels, resolution=out_size, z_channels=in_channels, num_res_blocks=2,
-                               attn_resolutions=[], in_channels=None, ch=in_channels,
-                               ch_mult=[ch_mult for _ in range(num_blocks)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.rescaler(x))  # (B, out_channels, out_size, out_size)
-
-
-class Resize(nn.Module):
-    """Fixed (non-learned) interpolation by a scale factor."""
-
-    def __init__(self,
-                 in_channels: int | None = None,  # unused: learned resizing is not available
-                 learned: bool = False,  # learned resizing; not available (the original never implemented it)
-                 mode: str = "bilinear",  # interpolation mode of F.interpolate
-                 ):
-        super().__init__()
-        if learned:
-            raise ValueError("Resize(learned=True) is not available (the original never implemented it); "
-                             "use learned=False")
-        self.with_conv = learned
-        self.mode = mode
-
-    def forward(self, x: torch.Tensor, scale_factor: float = 1.0) -> torch.Tensor:
-        if scale_factor == 1.0:
-            return x
-        return F.interpolate(x, mode=self.mode, align_corners=False, scale_factor=scale_factor)
-
-
-class FirstStagePostProcessor(nn.Module):
-    """Encode with a frozen pretrained first stage, then project and downsample the latent with residual blocks."""
-
-    def __init__(self,
-                 ch_mult: Sequence[int],  # channel multiplier (of n_channels) per residual block / downsampling
-                 in_channels: int,  # latent channels of the pretrained first stage
-                 pretrained_model: nn.Module | None = None,  # the first stage, built already
-                 reshape: bool = False,  # return tokens (B, h*w, C) instead of a map
-                 n_channels: int | None = None,  # projection width; None takes the first stage's encoder.ch
-                 dropout: float = 0.0,  # dropout inside the residual blocks
-                 pretrained_config: Any = None,  # a {target, params} config to build the first stage from
-                 ):
-        super().__init__()
-        if pretrained_config is None:
-            if pretrained_model is None:
-                raise ValueError("FirstStagePostProcessor needs either pretrained_model or pretrained_config; "
-                                 "got neither")
-            self.pretrained_model = pretrained_model
-        else:
-            self.instantiate_pretrained(pretrained_config)
-
-        self.do_reshape = reshape
-        if n_channels is None:
-            n_channels = self.pretrained_model.encoder.ch
-
-        self.proj_norm = Normalize(in_channels, num_groups=in_channels // 2)
-        self.proj = nn.Conv2d(in_channels, n_channels, kernel_size=3, stride=1, padding=1)
-
-        blocks = []
-        downs = []
-        ch_in = n_channels
-        for m in ch_mult:
-            blocks.append(ResnetBlock(in_channels=ch_in, out_channels=m * n_channels, dropout=dropout))
-            ch_in = m * n_channels
-            downs.append(Downsample(ch_in, with_conv=False))
-        self.model = nn.ModuleList(blocks)
-        self.downsampler = nn.ModuleList(downs)
-
-    def instantiate_pretrained(self, config: Any) -> None:
-        from ldm.util import instantiate_from_config
-
-        model = instantiate_from_config(config)
-        self.pretrained_model = model.eval()
-        for param in self.pretrained_model.parameters():
-            param.requires_grad = False
-
-    @torch.no_grad()
-    def encode_with_pretrained(self, x: torch.Tensor) -> torch.Tensor:
-        from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
-
-        c = self.pretrained_model.encode(x)
-        if isinstance(c, DiagonalGaussianDistribution):
-            c = c.mode()
-        return c
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.encode_with_pretrained(x)  # (B, in_channels, h, w)
-        z = nonlinearity(self.proj(self.proj_norm(z)))  # (B, n_channels, h, w)
-        for submodel, downmodel in zip(self.model, self.downsampler):
-            z = downmodel(submodel(z, temb=None))  # (B, m * n_channels, h / 2, w / 2)
-        if self.do_reshape:
-            z = rearrange(z, "b c h w -> b (h w) c")  # (B, h'w', C)
-        return z
