@@ -26,8 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import seed_everything
 from pytorch_lightning.trainer import Trainer
 
-from ldm.callbacks import (AtomicCheckpointIO, CUDACallback, ImageLogger, SetupCallback,  # noqa: F401 (config targets)
-                           SignalCheckpoint)
+from ldm.callbacks import (AtomicCheckpointIO, CUDACallback, DiskFullError, ImageLogger,  # noqa: F401 (config targets)
+                           RunCheckpoint, SetupCallback, SignalCheckpoint, exit_status)
+from ldm.checkpoint import InvalidCheckpointError, UnsafeCheckpointError
 from ldm.data.datamodule import DataModuleFromConfig, WrappedDataset  # noqa: F401 (config targets)
 from ldm.util import ConfigError, instantiate_from_config
 
@@ -260,13 +261,11 @@ def make_logger(logdir: str, lightning_config: DictConfig) -> Any:
 
 
 def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, model) -> list[pl.Callback]:
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
     default_ckpt = {"dirpath": ckptdir, "filename": "{epoch:06}", "verbose": True, "save_last": True}
     if getattr(model, "monitor", None):
         default_ckpt.update(monitor=model.monitor, save_top_k=3)
     ckpt_cfg = OmegaConf.merge(default_ckpt, lightning_config.get("modelcheckpoint", {}).get("params", {}))
-    callbacks: list[pl.Callback] = [ModelCheckpoint(**OmegaConf.to_container(ckpt_cfg))]
+    callbacks: list[pl.Callback] = [RunCheckpoint(**OmegaConf.to_container(ckpt_cfg))]
     defaults = {
         "setup_callback": {"target": "ldm.callbacks.SetupCallback",
                            "params": {"resume": opt.resume, "now": now, "logdir": logdir, "ckptdir": ckptdir,
@@ -293,6 +292,28 @@ def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, 
             cfg.target = "ldm.callbacks.ImageLogger"
         callbacks.append(instantiate_from_config(cfg))
     return callbacks
+
+
+def fit(trainer: Trainer, model: pl.LightningModule, data: Any, ckpt: str) -> None:
+    """``trainer.fit``, resuming from ``ckpt`` if given; a checkpoint that cannot be resumed, a full disk
+    and a stop on SIGTERM/SIGINT end the process with a one-line message and a non-zero status."""
+    try:
+        trainer.fit(model, data, ckpt_path=ckpt or None)
+    except (InvalidCheckpointError, UnsafeCheckpointError) as err:
+        raise UsageError(f"cannot resume from {ckpt}: {err}") from None
+    except RuntimeError as err:
+        if ckpt and str(err).startswith("Error(s) in loading state_dict"):
+            details = "; ".join(line.strip() for line in str(err).splitlines()[1:4])
+            raise UsageError(f"cannot resume from {ckpt}: its weights do not fit the model of this run's configs "
+                             f"({details})") from None
+        raise
+    except DiskFullError as err:
+        raise UsageError(str(err)) from None
+    except SystemExit as exc:
+        status = exit_status(exc)
+        if status is not None:
+            raise SystemExit(status) from None
+        raise
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -361,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("Using base learning rate %.2e (no scaling)", base_lr)
 
     if opt.train:
-        trainer.fit(model, data, ckpt_path=ckpt or None)
+        fit(trainer, model, data, ckpt)
     if not opt.no_test and not trainer.interrupted and data is not None and "test" in data.dataset_configs:
         trainer.test(model, data)
 

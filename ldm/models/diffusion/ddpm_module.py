@@ -291,7 +291,10 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
         self.log_dict(loss_dict_no_ema, prog_bar=False, logger=True, on_step=False, on_epoch=True, batch_size=bs)
         self.log_dict(loss_dict_ema, prog_bar=False, logger=True, on_step=False, on_epoch=True, batch_size=bs)
 
-    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the EMA update: one EMA update per optimizer step, made before any
+        callback can write a checkpoint of this step, so a resumed run's EMA count equals its global step."""
+        super().optimizer_step(*args, **kwargs)
         if self.use_ema:
             self.model_ema(self.model)
 
