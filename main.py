@@ -135,7 +135,8 @@ def resolve_run_dirs(opt: argparse.Namespace, now: str) -> tuple[str, str]:
             logdir = opt.resume.rstrip("/")
             ckpt = os.path.join(logdir, "checkpoints", "last.ckpt")
             if not os.path.isfile(ckpt):
-                raise UsageError(f"cannot resume from {logdir!r}: {ckpt} does not exist")
+                what = "is a directory, not a checkpoint file" if os.path.isdir(ckpt) else "does not exist"
+                raise UsageError(f"cannot resume from {logdir!r}: {ckpt} {what}")
         base_configs = sorted(glob.glob(os.path.join(logdir, "configs", "*.yaml")))
         opt.base = base_configs + opt.base
         return logdir, ckpt

@@ -197,6 +197,11 @@ class RunCheckpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self._last_written_first: tuple[int, str] | None = None
 
+    @property
+    def state_key(self) -> str:
+        """Lightning's key for ``ModelCheckpoint`` state, so checkpoints of either class resume with either."""
+        return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if trainer.is_global_zero and stage == "fit" and self.dirpath:
@@ -205,7 +210,7 @@ class RunCheckpoint(ModelCheckpoint):
     def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
         if not self.save_last or self.save_top_k == 0:
             return super()._save_topk_checkpoint(trainer, monitor_candidates)
-        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._save_last_checkpoint(trainer, monitor_candidates)
         last = self._last_checkpoint_saved
         super()._save_topk_checkpoint(trainer, monitor_candidates)
         # no top-k file since: last.ckpt is current and Lightning's next call to write it can be skipped
@@ -215,6 +220,8 @@ class RunCheckpoint(ModelCheckpoint):
         written, self._last_written_first = self._last_written_first, None
         if written is not None and written[0] == trainer.global_step:
             return
+        if not self.last_model_path:  # a resumed state that does not name it: overwrite last.ckpt, not last-v1.ckpt
+            self.last_model_path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
         super()._save_last_checkpoint(trainer, monitor_candidates)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
