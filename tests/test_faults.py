@@ -232,7 +232,7 @@ def test_resume_refuses_bad_checkpoints_in_one_line(trained_run, tmp_path, damag
         last.unlink()
         last.mkdir()
     with pytest.raises(SystemExit) as info:
-        _run_main("-r", str(last), "lightning.trainer.max_steps=6")
+        _run_main("-r", str(logdir), "lightning.trainer.max_steps=6")
     message = str(info.value)
     assert message.startswith("main.py: error: ") and "\n" not in message, message
     assert expected in message, message
