@@ -20,17 +20,27 @@ import sys
 import warnings
 from typing import Any
 
-import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning import seed_everything
-from pytorch_lightning.trainer import Trainer
 
-from ldm.callbacks import (AtomicCheckpointIO, CUDACallback, DiskFullError, ImageLogger,  # noqa: F401 (config targets)
-                           RunCheckpoint, SetupCallback, SignalCheckpoint, exit_status)
-from ldm.checkpoint import InvalidCheckpointError, UnsafeCheckpointError
-from ldm.data.datamodule import DataModuleFromConfig, WrappedDataset  # noqa: F401 (config targets)
-from ldm.util import ConfigError, instantiate_from_config
+from ldm.threads import apply_threads, choose_threads
+
+# torch, Lightning and the models are imported when they are needed, so that `--help` and argument
+# errors are immediate. Configs name `main.DataModuleFromConfig` and `main.ImageLogger` as targets:
+# `__getattr__` below provides them (and the other callbacks) on first use.
+_LAZY_ATTRIBUTES = {
+    "DataModuleFromConfig": "ldm.data.datamodule", "WrappedDataset": "ldm.data.datamodule",
+    "ImageLogger": "ldm.callbacks", "SetupCallback": "ldm.callbacks", "CUDACallback": "ldm.callbacks",
+    "SignalCheckpoint": "ldm.callbacks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_ATTRIBUTES:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY_ATTRIBUTES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 logger = logging.getLogger("main")
 
@@ -63,7 +73,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("-b", "--base", nargs="*", metavar="base_config.yaml", default=list(),
                         help="paths to base configs, loaded from left to right; "
                              "parameters can be overwritten or added with command-line options of the form `--key value`.")
-    parser.add_argument("-t", "--train", type=str2bool, const=True, default=False, nargs="?", help="train")
+    parser.add_argument("-t", "--train", type=str2bool, const=True, default=None, nargs="?",
+                        help="train (the default with --resume; -t false only tests)")
     parser.add_argument("--no-test", type=str2bool, const=True, default=False, nargs="?", help="disable test")
     parser.add_argument("-s", "--seed", type=int, default=23, help="seed for seed_everything")
     parser.add_argument("-f", "--postfix", type=str, default="", help="post-postfix for default name")
@@ -71,6 +82,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check_images", type=int, default=10000, metavar="N",
                         help="before training, decode every image file of datasets with at most N files, so a "
                              "corrupt image stops the run at once with its path (0 switches the check off)")
+    parser.add_argument("--threads", type=str, default=None, metavar="N",
+                        help="CPU threads for torch (default: the cores not busy with other work, or "
+                             "OMP_NUM_THREADS / MKL_NUM_THREADS when set)")
     parser.add_argument("--scale_lr", type=str2bool, nargs="?", const=True, default=True,
                         help="scale base-lr by ngpu * batch_size * n_accumulate")
     trainer = parser.add_argument_group("trainer", "Lightning Trainer options (override lightning.trainer.*)")
@@ -151,6 +165,8 @@ def resolve_run_dirs(opt: argparse.Namespace, now: str) -> tuple[str, str]:
 
 def build(config_files: list[str], config: DictConfig) -> Any:
     """`instantiate_from_config`, with the config files named in any error."""
+    from ldm.util import ConfigError, instantiate_from_config
+
     try:
         return instantiate_from_config(config)
     except ConfigError as err:
@@ -173,6 +189,10 @@ def load_configs(paths: list[str], overrides: DictConfig) -> DictConfig:
 
 def build_trainer_config(opt: argparse.Namespace, lightning_config: DictConfig) -> tuple[DictConfig, int]:
     """Merge ``lightning.trainer`` with command-line flags; returns the config and the device count."""
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.trainer import Trainer
+
     trainer_config = lightning_config.get("trainer", OmegaConf.create())
     for flag in TRAINER_FLAGS:
         value = getattr(opt, flag)
@@ -208,7 +228,7 @@ def build_trainer_config(opt: argparse.Namespace, lightning_config: DictConfig) 
     return trainer_config, n_devices
 
 
-def adapt_trainer_to_manual_optimization(model: pl.LightningModule, trainer_args: dict[str, Any]) -> None:
+def adapt_trainer_to_manual_optimization(model: Any, trainer_args: dict[str, Any]) -> None:
     """Models that step their own optimizers (the autoencoders' generator/discriminator pair) accumulate
     gradients themselves: Lightning 2.x refuses ``accumulate_grad_batches`` for them, so the value goes
     to the model instead of the Trainer. Their alternating optimizers leave some parameters without
@@ -247,6 +267,8 @@ def check_image_files(data: Any, limit: int) -> None:
 
 
 def make_logger(logdir: str, lightning_config: DictConfig) -> Any:
+    from ldm.util import instantiate_from_config
+
     if "logger" in lightning_config:
         cfg = OmegaConf.merge({"params": {"save_dir": logdir}}, lightning_config.logger)
         return instantiate_from_config(cfg)
@@ -261,12 +283,26 @@ def make_logger(logdir: str, lightning_config: DictConfig) -> Any:
         return CSVLogger(save_dir=logdir, name="csv", version="")
 
 
-def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, model) -> list[pl.Callback]:
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def output_is_terminal() -> bool:
+    """Whether the progress bar and the log (both on stderr) reach a terminal."""
+    return sys.stderr.isatty()
+
+
+def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, model) -> list[Any]:
+    from ldm.callbacks import RunCheckpoint, SetupCallback
+    from ldm.util import instantiate_from_config
+
     default_ckpt = {"dirpath": ckptdir, "filename": "{epoch:06}", "verbose": True, "save_last": True}
     if getattr(model, "monitor", None):
         default_ckpt.update(monitor=model.monitor, save_top_k=3)
     ckpt_cfg = OmegaConf.merge(default_ckpt, lightning_config.get("modelcheckpoint", {}).get("params", {}))
-    callbacks: list[pl.Callback] = [RunCheckpoint(**OmegaConf.to_container(ckpt_cfg))]
+    callbacks: list[Any] = [RunCheckpoint(**OmegaConf.to_container(ckpt_cfg))]
     defaults = {
         "setup_callback": {"target": "ldm.callbacks.SetupCallback",
                            "params": {"resume": opt.resume, "now": now, "logdir": logdir, "ckptdir": ckptdir,
@@ -278,6 +314,11 @@ def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, 
         "cuda_callback": {"target": "ldm.callbacks.CUDACallback"},
         "signal_checkpoint": {"target": "ldm.callbacks.SignalCheckpoint", "params": {"ckptdir": ckptdir}},
     }
+    # On a terminal, the bar; otherwise (a log file, a scheduler, CI) one line of progress every 20 seconds.
+    if not output_is_terminal():
+        defaults["progress_log"] = {"target": "ldm.callbacks.ProgressLog", "params": {"interval": 20}}
+    elif lightning_config.trainer.get("enable_progress_bar", True):
+        defaults["progress_bar"] = {"target": "ldm.callbacks.StepProgressBar"}
     user = lightning_config.get("callbacks", OmegaConf.create())
     if "metrics_over_trainsteps_checkpoint" in user:
         defaults["metrics_over_trainsteps_checkpoint"] = {
@@ -295,9 +336,12 @@ def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, 
     return callbacks
 
 
-def fit(trainer: Trainer, model: pl.LightningModule, data: Any, ckpt: str) -> None:
+def fit(trainer: Any, model: Any, data: Any, ckpt: str) -> None:
     """``trainer.fit``, resuming from ``ckpt`` if given; a checkpoint that cannot be resumed, a full disk
     and a stop on SIGTERM/SIGINT end the process with a one-line message and a non-zero status."""
+    from ldm.callbacks import DiskFullError, exit_status
+    from ldm.checkpoint import InvalidCheckpointError, UnsafeCheckpointError
+
     try:
         trainer.fit(model, data, ckpt_path=ckpt or None)
     except (InvalidCheckpointError, UnsafeCheckpointError) as err:
@@ -320,6 +364,8 @@ def fit(trainer: Trainer, model: pl.LightningModule, data: Any, ckpt: str) -> No
 def main(argv: list[str] | None = None) -> None:
     # Frozen parts (a latent model's first stage, the LPIPS network) stay in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # Raised inside Lightning's own use of torch.utils._pytree; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
     sys.path.append(os.getcwd())
@@ -330,14 +376,37 @@ def main(argv: list[str] | None = None) -> None:
     opt, unknown = parser.parse_known_args([a for a in argv if a not in dotlist])
     overrides = parse_overrides(unknown + dotlist)
     logdir, ckpt = resolve_run_dirs(opt, now)
+    if opt.train is None:
+        opt.train = bool(opt.resume)
+        if opt.resume:
+            logger.info("Resuming training from %s (-t false would only run the test split)", ckpt)
     ckptdir = os.path.join(logdir, "checkpoints")
     cfgdir = os.path.join(logdir, "configs")
-    seed_everything(opt.seed, workers=True)
 
     config = load_configs(opt.base, overrides)
     lightning_config = config.pop("lightning", OmegaConf.create())
     trainer_config, n_devices = build_trainer_config(opt, lightning_config)
     lightning_config.trainer = trainer_config
+    will_test = not opt.no_test and "test" in (config.get("data") or {}).get("params", {})
+    if not opt.train and not will_test:
+        raise UsageError("nothing to do: training is off (no -t, or -t false) and "
+                         + ("testing is off (--no-test)" if opt.no_test else
+                            "the config has no test split (data.params.test)") + "; pass -t to train")
+    try:
+        on_cpu = trainer_config.get("accelerator") == "cpu" or not torch_cuda_available()
+        threads = choose_threads(opt.threads, processes=n_devices if on_cpu else 1)
+    except ValueError as err:
+        raise UsageError(str(err))
+    logger.info(apply_threads(threads).describe())
+    if not output_is_terminal():
+        trainer_config.setdefault("enable_progress_bar", False)  # ProgressLog writes the progress instead
+
+    from pytorch_lightning import seed_everything
+    from pytorch_lightning.trainer import Trainer
+
+    from ldm.callbacks import AtomicCheckpointIO
+
+    seed_everything(opt.seed, workers=True)
     if "model" not in config:
         raise UsageError(f"the merged config of {opt.base} has no 'model' section")
     if opt.train and "data" not in config:
@@ -384,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if opt.train:
         fit(trainer, model, data, ckpt)
-    if not opt.no_test and not trainer.interrupted and data is not None and "test" in data.dataset_configs:
+    if will_test and not trainer.interrupted:
         trainer.test(model, data)
 
 

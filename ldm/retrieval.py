@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from ldm.util import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +39,15 @@ ON_THE_FLY_LIMIT = 20_000
 AH_FROM, PARTITION_FROM = 20_000, 100_000
 #: File that holds the normalized embeddings of a numpy (brute-force) searcher.
 NUMPY_SEARCHER_FILE = "bruteforce_embeddings.npy"
-#: What to run when a database is missing.
-DATABASE_HINT = ("download it as the README describes (mkdir -p data/rdm/retrieval_databases; wget -O "
-                 "data/rdm/retrieval_databases/artbench.zip https://ommer-lab.com/files/rdm/artbench_databases.zip; "
-                 "unzip it there), or point --database_root at a folder of .npz files with an 'embedding' array")
+#: Where the released retrieval databases (ArtBench styles) are published.
+ARTBENCH_URL = "https://ommer-lab.com/files/rdm/artbench_databases.zip"
+
+
+def database_hint(flag: str) -> str:
+    """What to do when a retrieval database is missing; ``flag`` is the option that names its folder."""
+    return (f"download the ArtBench databases (mkdir -p {DATABASE_ROOT} && wget -O {DATABASE_ROOT}/artbench.zip "
+            f"{ARTBENCH_URL} && unzip {DATABASE_ROOT}/artbench.zip -d {DATABASE_ROOT}), or point {flag} at a "
+            f"folder of .npz files with an 'embedding' array")
 
 
 def scann_module() -> Any | None:
@@ -62,12 +65,13 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def load_database(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The arrays of every ``.npz`` in ``path`` (a folder, or one file), concatenated along the first axis."""
+def load_database(path: str | os.PathLike, flag: str = "--database") -> dict[str, np.ndarray]:
+    """The arrays of every ``.npz`` in ``path`` (a folder, or one file), concatenated along the first axis;
+    ``flag`` is the command-line option that named the folder, for the error when there is nothing."""
     path = Path(path)
     files = [path] if path.is_file() else sorted(Path(p) for p in glob.glob(os.path.join(path, "*.npz")))
     if not files:
-        raise FileNotFoundError(f"no .npz files in the retrieval database {path}; {DATABASE_HINT}")
+        raise FileNotFoundError(f"no .npz files in the retrieval database {path}; {database_hint(flag)}")
     parts: dict[str, list[np.ndarray]] = {}
     for f in tqdm(files, desc=f"Loading {path.name}", disable=len(files) < 2):
         with np.load(f) as data:
@@ -97,6 +101,8 @@ class NumpySearcher:
         return idx, np.take_along_axis(scores, idx, axis=1)
 
     def serialize(self, folder: str | os.PathLike) -> None:
+        from ldm.util import atomic_path  # imports torch: only when a searcher is saved
+
         with atomic_path(Path(folder, NUMPY_SEARCHER_FILE)) as tmp, open(tmp, "wb") as f:
             np.save(f, self.dataset)
 
@@ -175,7 +181,7 @@ class Searcher:
         self.database_name = database  # name of the database folder
         self.database_path = Path(database_root, database)  # folder of .npz files
         self.searcher_savedir = Path(searcher_root, database)  # folder of the serialized searcher
-        self.database = load_database(self.database_path)
+        self.database = load_database(self.database_path, flag="--database_root (with --database)")
         self.searcher = load_searcher(self.searcher_savedir, self.database)
         if self.searcher is None:
             n = self.database["embedding"].shape[0]
@@ -189,7 +195,7 @@ class Searcher:
 
     def search(self, x: torch.Tensor | np.ndarray, k: int) -> dict[str, Any]:
         """The ``k`` nearest database entries of each query embedding (B, D) or (B, 1, D)."""
-        if isinstance(x, torch.Tensor):
+        if hasattr(x, "detach"):  # a torch tensor
             x = x.detach().float().cpu().numpy()
         if x.ndim == 3:
             x = x[:, 0]

@@ -15,19 +15,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-import main as trainer_main  # noqa: E402
-from ldm.data.synthetic import CLASSES  # noqa: E402
-from ldm.models.diffusion.ddim import DDIMSampler  # noqa: E402
-from ldm.scripting.loading import load_model  # noqa: E402
-from ldm.scripting.outputs import save_grid  # noqa: E402
+from ldm.threads import apply_threads, choose_threads  # noqa: E402
 
 AE_CONFIG = REPO / "configs" / "demo" / "autoencoder_kl_shapes.yaml"
 LDM_CONFIG = REPO / "configs" / "demo" / "ldm_shapes_cond.yaml"
@@ -43,13 +36,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale", type=float, default=3.0, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0, help="seed for training and sampling")
     p.add_argument("--accelerator", default="cpu", help="Lightning accelerator for training (cpu, gpu, auto)")
+    p.add_argument("--threads", default=None, metavar="N",
+                   help="CPU threads (default: the cores not busy with other work, or OMP_NUM_THREADS)")
     return p.parse_args(argv)
 
 
-def train(config: Path, name: str, logroot: Path, steps: int, seed: int, accelerator: str, *overrides: str) -> Path:
+def train(config: Path, name: str, logroot: Path, steps: int, seed: int, accelerator: str, threads: int,
+          *overrides: str) -> Path:
+    import main as trainer_main
+
     before = set(logroot.glob("*")) if logroot.exists() else set()
     trainer_main.main(["-b", str(config), "-t", "--no-test", "-n", name, "-l", str(logroot), "-s", str(seed),
-                       "--accelerator", accelerator, "--devices", "1", f"lightning.trainer.max_steps={steps}",
+                       "--accelerator", accelerator, "--devices", "1",
+                       "--threads", str(threads), f"lightning.trainer.max_steps={steps}",
                        *overrides])
     (logdir,) = set(logroot.glob("*")) - before
     return logdir
@@ -57,17 +56,36 @@ def train(config: Path, name: str, logroot: Path, steps: int, seed: int, acceler
 
 def main(argv: list[str] | None = None) -> Path:
     opt = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    # The progress lines (a terminal shows the bar instead) and the thread report.
+    for name in ("ldm.callbacks", "ldm.threads"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        threads = apply_threads(choose_threads(opt.threads))
+    except ValueError as err:
+        raise SystemExit(f"demo.py: error: {err}")
+    logging.getLogger("ldm.threads").info(threads.describe())
+
+    import torch
+    import torch.nn.functional as F
+    from omegaconf import OmegaConf
+
+    from ldm.data.synthetic import CLASSES
+    from ldm.models.diffusion.ddim import DDIMSampler
+    from ldm.scripting.loading import load_model
+    from ldm.scripting.outputs import save_grid
+
     outdir = (REPO / opt.outdir) if not os.path.isabs(opt.outdir) else Path(opt.outdir)
     logroot = outdir / "logs"
     started = time.time()
 
     print(f"[1/3] training the autoencoder ({opt.ae_steps} steps) on generated shapes", flush=True)
-    ae_dir = train(AE_CONFIG, "demo_autoencoder", logroot, opt.ae_steps, opt.seed, opt.accelerator)
+    ae_dir = train(AE_CONFIG, "demo_autoencoder", logroot, opt.ae_steps, opt.seed, opt.accelerator,
+                   threads.threads)
     ae_ckpt = ae_dir / "checkpoints" / "last.ckpt"
 
     print(f"[2/3] training the class-conditional LDM ({opt.ldm_steps} steps) in its latent space", flush=True)
-    ldm_dir = train(LDM_CONFIG, "demo_ldm", logroot, opt.ldm_steps, opt.seed, opt.accelerator,
+    ldm_dir = train(LDM_CONFIG, "demo_ldm", logroot, opt.ldm_steps, opt.seed, opt.accelerator, threads.threads,
                     f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}")
 
     print(f"[3/3] sampling {opt.n_per_class} images per class (DDIM {opt.ddim_steps} steps, guidance {opt.scale})",
@@ -101,7 +119,7 @@ def main(argv: list[str] | None = None) -> Path:
     return grid_path
 
 
-def model_shape(model: torch.nn.Module) -> tuple[int, int, int]:
+def model_shape(model: Any) -> tuple[int, int, int]:
     return (model.channels, model.image_size, model.image_size)
 
 

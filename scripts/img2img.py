@@ -15,16 +15,11 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import trange  # noqa: E402
-
-from ldm.scripting import cli, imagenet, inputs, loading, outputs  # noqa: E402
-from ldm.util import UNCONDITIONAL_SENTINEL  # noqa: E402
+from ldm.scripting import cli, imagenet, inputs  # noqa: E402
 
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval.yaml"
 DEFAULT_CKPT = "models/ldm/text2img-large/model.ckpt"
@@ -40,7 +35,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--class_label", type=str, default=None,
                         help="class index, synset id or ImageNet name (class-conditional models)")
     parser.add_argument("--uncond_class", type=int, default=None,
-                        help="the class the model learned as unconditional (default: its last class)")
+                        help="the class the model learned as unconditional (default: the config's ucg_class, "
+                             "else its last class)")
     parser.add_argument("--outdir", type=str, default="outputs/img2img-samples", help="dir to write results to")
     parser.add_argument("--strength", type=float, default=0.75,
                         help="how much of the image to destroy: 0 keeps it, 1 starts from (almost) pure noise")
@@ -59,7 +55,7 @@ def conditioning_kind(model_config) -> tuple[str, int | None]:
     """(kind, number of classes) from the config's cond_stage_config."""
     params = model_config.get("params", {})
     cond = params.get("cond_stage_config")
-    if cond is None or cond == UNCONDITIONAL_SENTINEL:
+    if cond is None or cond == inputs.UNCONDITIONAL:
         return UNCONDITIONAL, None
     if isinstance(cond, str):
         raise ValueError(f"img2img supports text-, class-conditional and unconditional models; cond_stage_config "
@@ -70,13 +66,24 @@ def conditioning_kind(model_config) -> tuple[str, int | None]:
     return TEXT, None
 
 
-def load_image(path: str, multiple: int) -> torch.Tensor:
-    """(1, 3, H, W) in [-1, 1]; ValueError when H or W is not a multiple of ``multiple``."""
-    image = Image.open(inputs.require_file(path, "--init_img")).convert("RGB")
+def load_image(path: str, multiple: int) -> Any:
+    """The image at ``path`` as RGB; ValueError when its height or width is not a multiple of ``multiple``."""
+    from PIL import Image
+
+    image = Image.open(inputs.require_file(path, "--init_img", hint="Give the path of an existing image file "
+                                                                     "(PNG, JPEG, ...).")).convert("RGB")
     w, h = image.size
     if w % multiple or h % multiple:
         raise ValueError(f"--init_img {path} is {w}x{h}; width and height must be multiples of {multiple} "
                          f"for this model (resize or crop it to {w - w % multiple}x{h - h % multiple})")
+    return image
+
+
+def to_tensor(image: Any) -> torch.Tensor:
+    """A PIL image as (1, 3, H, W) in [-1, 1]."""
+    import numpy as np
+    import torch
+
     x = np.array(image).astype(np.float32) / 255.0
     return torch.from_numpy(x.transpose(2, 0, 1))[None] * 2.0 - 1.0
 
@@ -92,7 +99,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if t_enc < 1:
         raise ValueError(f"--strength {opt.strength} x --ddim_steps {opt.ddim_steps} gives no DDIM step; "
                          f"raise either")
-    config = inputs.load_config(opt.config)
+    files = cli.model_files(opt)
+    config = inputs.load_config(files.configs)
     kind, n_classes = conditioning_kind(config.model)
     class_label = None
     if kind == TEXT and opt.prompt is None:
@@ -106,17 +114,21 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if kind != CLASS and opt.class_label is not None:
         raise ValueError(f"--class_label was given, but the model is {kind}")
     uncond_class = opt.uncond_class
-    if kind == CLASS and uncond_class is None:  # the model's null class: ucg_class, else its last class
-        ucg_class = config.model.params.get("ucg_class")
-        uncond_class = int(ucg_class) if ucg_class is not None else n_classes - 1
+    if kind == CLASS and uncond_class is None:
+        uncond_class = inputs.null_class(config.model, n_classes)
     init_image = load_image(opt.init_img, inputs.first_stage_factor(config.model)
                             * inputs.unet_factor(config.model))
-    inputs.require_file(opt.ckpt, "checkpoint")
-    device = loading.choose_device(opt.device)
+    inputs.require_file(files.ckpt, "checkpoint")
+
+    cli.setup_threads(opt)
+    import torch
+    from tqdm import trange
 
     from ldm.models.diffusion.ddim import DDIMSampler
+    from ldm.scripting import loading, outputs
 
-    model, _ = loading.load_model(config, opt.ckpt, device)
+    device = loading.choose_device(opt.device)
+    model, _ = loading.load_model(config, files.ckpt, device)
     sampler = DDIMSampler(model)
     sampler.make_schedule(ddim_num_steps=opt.ddim_steps, ddim_eta=opt.ddim_eta, verbose=False)
     sample_path, base_count, grid_count = outputs.prepare_outdir(opt.outdir)
@@ -125,7 +137,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     loading.seed_everything(opt.seed)
     all_samples = []
     with torch.no_grad(), loading.ema_weights(model):
-        init_latent = model.get_first_stage_encoding(model.encode_first_stage(init_image.to(device)))
+        init_latent = model.get_first_stage_encoding(model.encode_first_stage(to_tensor(init_image).to(device)))
         init_latent = init_latent.repeat(n, 1, 1, 1)  # (n, C, h, w)
         c, uc = None, None
         if kind == TEXT:

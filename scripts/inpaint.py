@@ -18,17 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from ldm.scripting import cli, inputs, loading, outputs, samplers  # noqa: E402
-from ldm.models.diffusion.sampling import make_sampler  # noqa: E402
+from ldm.scripting import cli, inputs  # noqa: E402
 
 DEFAULT_CONFIG = "models/ldm/inpainting_big/config.yaml"
 DEFAULT_CKPT = "models/ldm/inpainting_big/last.ckpt"
 MASK_SUFFIX = "_mask.png"
+#: The cond stage of an inpainting model: the first stage's encoding of the masked image.
+FIRST_STAGE = "__is_first_stage__"
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -60,6 +56,8 @@ def find_pairs(indir: str) -> list[tuple[str, str]]:
 
 def check_sizes(pairs: list[tuple[str, str]], multiple: int) -> None:
     """Each mask must match its image's size, and the size must suit the model (a multiple of ``multiple``)."""
+    from PIL import Image
+
     for image, mask in pairs:
         with Image.open(image) as im, Image.open(mask) as m:
             if im.size != m.size:
@@ -72,6 +70,10 @@ def check_sizes(pairs: list[tuple[str, str]], multiple: int) -> None:
 
 def make_batch(image: str, mask: str, device: torch.device) -> dict[str, torch.Tensor]:
     """image, mask (binarized at 0.5) and masked image, all (1, C, H, W) in [-1, 1], as the original."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
     img = np.array(Image.open(image).convert("RGB")).astype(np.float32) / 255.0
     img = torch.from_numpy(img[None].transpose(0, 3, 1, 2))  # (1, 3, H, W)
     m = np.array(Image.open(mask).convert("L")).astype(np.float32) / 255.0
@@ -84,10 +86,13 @@ def make_batch(image: str, mask: str, device: torch.device) -> dict[str, torch.T
     return {k: v.to(device=device) * 2.0 - 1.0 for k, v in batch.items()}
 
 
-@torch.no_grad()
 def inpaint_batch(model: torch.nn.Module, sampler_name: str, sampler, batch: dict[str, torch.Tensor],
                   steps: int) -> torch.Tensor:
-    """The composited result (1, 3, H, W) in [0, 1] for one prepared batch."""
+    """The composited result (1, 3, H, W) in [0, 1] for one prepared batch (call it under ``torch.no_grad``)."""
+    import torch
+
+    from ldm.scripting import outputs, samplers
+
     c = model.cond_stage_model.encode(batch["masked_image"])  # (1, C, h, w): the first-stage encoding
     cc = torch.nn.functional.interpolate(batch["mask"], size=c.shape[-2:])  # (1, 1, h, w)
     c = torch.cat((c, cc), dim=1)
@@ -103,18 +108,29 @@ def main(argv: list[str] | None = None) -> list[Path]:
     """Run the script; returns the paths it wrote."""
     opt = get_parser().parse_args(argv)
     cli.check_positive("--steps", opt.steps)
-    sampler_name = samplers.resolve_sampler(opt)
     pairs = find_pairs(opt.indir)
-    config = inputs.load_config(opt.config)
+    files = cli.model_files(opt)
+    config = inputs.load_config(files.configs)
+    cond_stage = config.model.get("params", {}).get("cond_stage_config")
+    if cond_stage != FIRST_STAGE:
+        raise ValueError(f"{', '.join(map(str, files.configs))}: inpainting needs a model conditioned on the first "
+                         f"stage's encoding of the masked image (cond_stage_config: {FIRST_STAGE}), as "
+                         f"models/ldm/inpainting_big; this one has cond_stage_config "
+                         f"{cond_stage if isinstance(cond_stage, str) else cond_stage.get('target')!r}")
     check_sizes(pairs, inputs.first_stage_factor(config.model) * inputs.unet_factor(config.model))
-    inputs.require_file(opt.ckpt, "checkpoint")
-    device = loading.choose_device(opt.device)
+    inputs.require_file(files.ckpt, "checkpoint")
     print(f"Found {len(pairs)} inputs.")
 
-    model, _ = loading.load_model(config, opt.ckpt, device)
-    if getattr(model, "cond_stage_model", None) is None or not hasattr(model.cond_stage_model, "encode"):
-        raise ValueError(f"{opt.config}: inpainting needs a model conditioned on the first stage "
-                         f"(cond_stage_config: __is_first_stage__, conditioning_key concat)")
+    cli.setup_threads(opt)
+    import torch
+    from tqdm import tqdm
+
+    from ldm.models.diffusion.sampling import make_sampler
+    from ldm.scripting import loading, outputs, samplers
+
+    sampler_name = samplers.resolve_sampler(opt)
+    device = loading.choose_device(opt.device)
+    model, _ = loading.load_model(config, files.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     os.makedirs(opt.outdir, exist_ok=True)
     summary = outputs.OutputSummary()

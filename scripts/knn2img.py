@@ -20,12 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from tqdm import tqdm, trange  # noqa: E402
-
-from ldm.scripting import cli, inputs, loading, outputs, samplers  # noqa: E402
-from ldm.models.diffusion.sampling import make_sampler  # noqa: E402
 from ldm.retrieval import DATABASE_ROOT, DATABASES, SEARCHER_ROOT, Searcher  # noqa: E402
+from ldm.scripting import cli, inputs  # noqa: E402
 
 DEFAULT_CONFIG = "configs/retrieval-augmented-diffusion/768x768.yaml"
 DEFAULT_CKPT = "models/rdm/rdm768x768/model.ckpt"
@@ -82,17 +78,26 @@ def main(argv: list[str] | None = None) -> list[Path]:
     for name in ("n_iter", "n_samples", "ddim_steps", "n_repeat"):
         cli.check_positive(f"--{name}", getattr(opt, name))
     cli.check_positive("--n_rows", opt.n_rows, allow_zero=True)
-    sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
     batch_size = opt.n_samples
     n_rows = opt.n_rows if opt.n_rows > 0 else batch_size
     if opt.from_file:
         data = cli.chunks(inputs.read_prompts(opt.from_file), batch_size)
     else:
         data = [batch_size * [opt.prompt]]
-    config = inputs.load_config(opt.config)
+    files = cli.model_files(opt)
+    config = inputs.load_config(files.configs)
     h, w = inputs.latent_size(config.model, opt.H, opt.W)
     shape = [inputs.latent_channels(config.model), h, w]
-    inputs.require_file(opt.ckpt, "checkpoint")
+    inputs.require_file(files.ckpt, "checkpoint")
+
+    cli.setup_threads(opt)
+    import torch
+    from tqdm import tqdm, trange
+
+    from ldm.models.diffusion.sampling import make_sampler
+    from ldm.scripting import loading, outputs, samplers
+
+    sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
     device = loading.choose_device(opt.device)
     searcher = None
     if opt.use_neighbors:
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     clip_text_encoder = FrozenCLIPTextEmbedder(opt.clip_type, n_repeat=opt.n_repeat).to(device)
     clip_text_encoder.load()
-    model, _ = loading.load_model(config, opt.ckpt, device)
+    model, _ = loading.load_model(config, files.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     os.makedirs(opt.outdir, exist_ok=True)
     sample_path, base_count, grid_count = outputs.prepare_outdir(opt.outdir)

@@ -19,16 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from ldm.scripting import cli, imagenet, inputs, loading, outputs, samplers  # noqa: E402
-from ldm.models.diffusion.sampling import make_sampler  # noqa: E402
+from ldm.scripting import cli, imagenet, inputs  # noqa: E402
 
 DEFAULT_CONFIG = "configs/latent-diffusion/cin256-v2.yaml"
 DEFAULT_CKPT = "models/ldm/cin256-v2/model.ckpt"
-#: The class index that cin256-v2 learned as "no class" (classifier-free guidance training).
-UNCOND_CLASS = 1000
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -42,8 +36,9 @@ def get_parser() -> argparse.ArgumentParser:
                         help="ddim eta (eta=0.0 corresponds to deterministic sampling)")
     parser.add_argument("--scale", type=float, default=3.0,
                         help="unconditional guidance scale: eps = eps(x, uncond) + scale * (eps(x, class) - eps(x, uncond))")
-    parser.add_argument("--uncond_class", type=int, default=UNCOND_CLASS,
-                        help="the class index the model learned as unconditional")
+    parser.add_argument("--uncond_class", type=int, default=None,
+                        help="the class index the model learned as unconditional (default: the config's "
+                             "ucg_class, else its last class: 1000 for cin256-v2)")
     parser.add_argument("--outdir", type=str, default="outputs/cin-samples", help="dir to write results to")
     cli.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT)
     return parser
@@ -66,19 +61,29 @@ def main(argv: list[str] | None = None) -> list[Path]:
     opt = get_parser().parse_args(argv)
     cli.check_positive("--n_samples_per_class", opt.n_samples_per_class)
     cli.check_positive("--ddim_steps", opt.ddim_steps)
-    sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
-    config = inputs.load_config(opt.config)
+    files = cli.model_files(opt)
+    config = inputs.load_config(files.configs)
     cond_key, n_classes = class_conditioning_info(config.model)
     classes = [imagenet.resolve_class(c, n_classes) for c in opt.classes]
+    if opt.uncond_class is None:
+        opt.uncond_class = inputs.null_class(config.model, n_classes)
     if opt.scale != 1.0 and not 0 <= opt.uncond_class < n_classes:
         raise ValueError(f"--uncond_class {opt.uncond_class} is not a class of this model ({n_classes} classes); "
                          f"guidance (--scale {opt.scale}) needs the learned unconditional class, or use --scale 1.0")
     size = int(config.model.params.get("image_size"))
     shape = [inputs.latent_channels(config.model), size, size]
-    inputs.require_file(opt.ckpt, "checkpoint")
-    device = loading.choose_device(opt.device)
+    inputs.require_file(files.ckpt, "checkpoint")
 
-    model, _ = loading.load_model(config, opt.ckpt, device)
+    cli.setup_threads(opt)
+    import torch
+    from tqdm import tqdm
+
+    from ldm.models.diffusion.sampling import make_sampler
+    from ldm.scripting import loading, outputs, samplers
+
+    sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
+    device = loading.choose_device(opt.device)
+    model, _ = loading.load_model(config, files.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     sample_path, base_count, grid_count = outputs.prepare_outdir(opt.outdir)
     summary = outputs.OutputSummary()

@@ -4,13 +4,15 @@
     python scripts/sample_diffusion.py -r models/ldm/<model_spec>/model.ckpt -l <logdir> -n <#samples> \
         --batch_size <batch_size> -c <#ddim steps> -e <#eta>
 
-``-r`` names a checkpoint (its folder holds ``config.yaml``) or a log folder holding ``model.ckpt``
-and ``config.yaml``; extra ``key=value`` arguments override the config. Writes, under
-``<logdir>/samples/<global_step, 8 digits>/<date-time>/``: ``img/sample_NNNNNN.png`` for each
-sample, ``numpy/<N>x<H>x<W>x<C>-samples.npz`` with all of them as uint8 (key ``arr_0``), and
-``sampling_config.yaml`` with the options of the run. ``<logdir>`` is the checkpoint's folder, or
-``-l <dir>/<that folder's name>``. DDIM sampling by default; ``--vanilla_sample`` runs ancestral DDPM
-sampling over all training steps.
+``-r`` names a ``main.py`` run folder (``logs/<run>/``: its ``checkpoints/last.ckpt`` and
+``configs/``), a checkpoint inside one, a model folder holding ``model.ckpt`` and ``config.yaml``,
+or a checkpoint with ``config.yaml`` beside it; extra ``key=value`` arguments override the config.
+Only unconditional models can be sampled here; a conditional one is refused from its config, before
+any weights are read. Writes, under ``<logdir>/samples/<global_step, 8 digits>/<date-time>/``:
+``img/sample_NNNNNN.png`` for each sample, ``numpy/<N>x<H>x<W>x<C>-samples.npz`` with all of them as
+uint8 (key ``arr_0``), and ``sampling_config.yaml`` with the options of the run. ``<logdir>`` is the
+run folder (or the model folder), or ``<-l>/<that folder's name>`` when ``-l`` is given. DDIM sampling
+by default; ``--vanilla_sample`` runs ancestral DDPM sampling over all training steps.
 """
 from __future__ import annotations
 
@@ -22,17 +24,11 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from tqdm import trange  # noqa: E402
-
-from ldm.scripting import cli, inputs, loading, outputs, samplers  # noqa: E402
-from ldm.models.diffusion.sampling import make_sampler  # noqa: E402
+from ldm.scripting import cli, inputs  # noqa: E402
 
 logger = logging.getLogger("sample_diffusion")
 
@@ -41,13 +37,16 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-r", "--resume", type=str, nargs="?", required=True,
-                        help="load from logdir or checkpoint in logdir")
+                        help="a main.py run folder, a checkpoint inside one, or a model folder "
+                             "(model.ckpt and config.yaml)")
     parser.add_argument("-n", "--n_samples", type=int, nargs="?", default=50000, help="number of samples to draw")
     parser.add_argument("-e", "--eta", type=float, nargs="?", default=1.0,
                         help="eta for ddim sampling (0.0 yields deterministic sampling)")
     parser.add_argument("-v", "--vanilla_sample", default=False, action="store_true",
                         help="vanilla sampling (default option is DDIM sampling)?")
-    parser.add_argument("-l", "--logdir", type=str, nargs="?", default="none", help="extra logdir")
+    parser.add_argument("-l", "--logdir", type=str, nargs="?", default="none",
+                        help="write under <logdir>/<run or model folder name>/samples/ (default: into the run or "
+                             "model folder itself)")
     parser.add_argument("-c", "--custom_steps", type=int, nargs="?", default=50,
                         help="number of steps for ddim and fastdpm sampling")
     parser.add_argument("--batch_size", type=int, nargs="?", default=10, help="the bs")
@@ -57,29 +56,30 @@ def get_parser() -> argparse.ArgumentParser:
 
 def custom_to_np(x: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8, as the original's ``custom_to_np``."""
+    import torch
+
     sample = ((x.detach().cpu() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
     return sample.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def custom_to_uint8(x: torch.Tensor) -> np.ndarray:
     """(C, H, W) in [-1, 1] -> (H, W, C) uint8, as the original's ``custom_to_pil``."""
+    import numpy as np
+    import torch
+
     x = (torch.clamp(x.detach().cpu(), -1.0, 1.0) + 1.0) / 2.0
     return (255 * x.permute(1, 2, 0).numpy()).astype(np.uint8)
 
 
-def resolve_paths(opt: argparse.Namespace) -> tuple[str, str, str]:
-    """(logdir, checkpoint, config) from -r/--resume, --ckpt and --config."""
-    if not os.path.exists(opt.resume):
-        raise FileNotFoundError(f"-r/--resume: cannot find {opt.resume}. {inputs.download_hint(opt.resume)}")
-    if os.path.isfile(opt.resume):
-        logdir = os.path.dirname(opt.resume)
-        ckpt = opt.resume
-    else:
-        logdir = opt.resume.rstrip("/")
-        ckpt = os.path.join(logdir, "model.ckpt")
-    ckpt = opt.ckpt or ckpt
-    config = opt.config or os.path.join(logdir, "config.yaml")
-    return logdir, ckpt, config
+def check_unconditional(model_config: Any, where: str) -> None:
+    """ValueError unless the config's model is unconditional (checked before any weights are read)."""
+    cond = inputs.conditioning_of(model_config)
+    if cond is not None:
+        other = {"class_label": "scripts/sample_cin.py --config <config> --ckpt <checkpoint or run folder>",
+                 "caption": "scripts/txt2img.py --config <config> --ckpt <checkpoint or run folder>"}.get(
+                     cond, "the script for its conditioning")
+        raise ValueError(f"{where}: sample_diffusion.py samples unconditional models only; this one is "
+                         f"conditioned on {cond!r} (model.params.cond_stage_key). Sample it with {other}")
 
 
 def parse_overrides(unknown: list[str]) -> list[str]:
@@ -98,19 +98,22 @@ def main(argv: list[str] | None = None) -> list[Path]:
     cli.check_positive("-n/--n_samples", opt.n_samples)
     cli.check_positive("--batch_size", opt.batch_size)
     cli.check_positive("-c/--custom_steps", opt.custom_steps)
-    sampler_name = samplers.resolve_sampler(opt, eta=opt.eta)
-    logdir, ckpt, config_path = resolve_paths(opt)
-    config = OmegaConf.merge(inputs.load_config(config_path), OmegaConf.from_dotlist(overrides))
-    inputs.require_file(ckpt, "checkpoint")
-    device = loading.choose_device(opt.device)
+    files = cli.model_files(opt, ckpt=opt.ckpt or opt.resume, flag="--ckpt" if opt.ckpt else "-r/--resume")
+    from omegaconf import OmegaConf
 
+    config = OmegaConf.merge(inputs.load_config(files.configs), OmegaConf.from_dotlist(overrides))
+    check_unconditional(config.model, ", ".join(map(str, files.configs)))
+    logdir = str(files.folder)
     if opt.logdir != "none":
-        locallog = os.path.basename(os.path.normpath(logdir))
-        logdir = os.path.join(opt.logdir, locallog)
+        logdir = os.path.join(opt.logdir, files.folder.name)
+
+    cli.setup_threads(opt)
+    from ldm.scripting import loading, outputs, samplers
+
+    sampler_name = samplers.resolve_sampler(opt, eta=opt.eta)
+    device = loading.choose_device(opt.device)
+    ckpt = files.ckpt
     model, meta = loading.load_model(config, ckpt, device)
-    if getattr(model, "cond_stage_model", None) is not None:
-        raise ValueError(f"{config_path}: only unconditional models can be sampled by this script "
-                         f"(the model has a conditioning stage {type(model.cond_stage_model).__name__})")
     global_step = meta.get("global_step")
     if global_step is None:
         logger.warning("checkpoint %s stores no global_step; writing under step 0", ckpt)
@@ -129,6 +132,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     sampling_conf = vars(opt).copy()
     sampling_conf["sampler"] = sampler_name
     sampling_file = os.path.join(run_dir, "sampling_config.yaml")
+    import yaml
+
     with open(sampling_file, "w") as f:
         yaml.dump(sampling_conf, f, default_flow_style=False)
     summary.add(sampling_file)
@@ -140,8 +145,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 def run(model: torch.nn.Module, sampler_name: str, imglogdir: str, numpylogdir: str, opt: argparse.Namespace,
-        summary: outputs.OutputSummary) -> None:
+        summary: Any) -> None:
     """Draw ``opt.n_samples`` samples in batches; write each as PNG and all of them as one .npz."""
+    import numpy as np
+    import torch
+    from tqdm import trange
+
+    from ldm.models.diffusion.sampling import make_sampler
+    from ldm.scripting import loading, outputs, samplers
+
     if sampler_name == "ddpm":
         print(f"Using Vanilla DDPM sampling with {model.num_timesteps} sampling steps.")
     else:

@@ -16,13 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from ldm.scripting import cli, inputs, loading, outputs, samplers  # noqa: E402
-from ldm.models.diffusion.sampling import make_sampler  # noqa: E402
+from ldm.scripting import cli, inputs  # noqa: E402
 
 DEFAULT_CONFIG = "models/ldm/bsr_sr/config.yaml"
 DEFAULT_CKPT = "models/ldm/bsr_sr/model.ckpt"
@@ -58,6 +52,10 @@ def list_inputs(path: str) -> list[Path]:
 
 def load_low_res(path: Path, device: torch.device) -> torch.Tensor:
     """(1, 3, h, w) in [-1, 1]."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
     x = np.array(Image.open(path).convert("RGB")).astype(np.float32) / 255.0
     return torch.from_numpy(x.transpose(2, 0, 1))[None].to(device) * 2.0 - 1.0
 
@@ -66,11 +64,13 @@ def main(argv: list[str] | None = None) -> list[Path]:
     """Run the script; returns the paths it wrote."""
     opt = get_parser().parse_args(argv)
     cli.check_positive("--ddim_steps", opt.ddim_steps)
-    sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
     low_res = list_inputs(opt.input)
-    config = inputs.load_config(opt.config)
+    files = cli.model_files(opt)
+    config = inputs.load_config(files.configs)
     f = inputs.first_stage_factor(config.model)
     geometry = {}
+    from PIL import Image
+
     for path in low_res:
         with Image.open(path) as im:
             w, h = im.size
@@ -80,10 +80,18 @@ def main(argv: list[str] | None = None) -> list[Path]:
                              f"a {UPSCALE}x upscale of {path} ({h}x{w}); the low-resolution conditioning must have the "
                              f"latent's size, i.e. a first-stage factor of {UPSCALE}")
         geometry[path] = (lh, lw)
-    inputs.require_file(opt.ckpt, "checkpoint")
-    device = loading.choose_device(opt.device)
+    inputs.require_file(files.ckpt, "checkpoint")
 
-    model, _ = loading.load_model(config, opt.ckpt, device)
+    cli.setup_threads(opt)
+    import torch
+    from tqdm import tqdm
+
+    from ldm.models.diffusion.sampling import make_sampler
+    from ldm.scripting import loading, outputs, samplers
+
+    sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
+    device = loading.choose_device(opt.device)
+    model, _ = loading.load_model(config, files.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     os.makedirs(opt.outdir, exist_ok=True)
     summary = outputs.OutputSummary()

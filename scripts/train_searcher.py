@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     """Run the script; returns the searcher folder."""
     opt = get_parser().parse_args(argv)
     cli.check_positive("--knn", opt.knn)
-    data_pool = load_database(opt.database)
+    data_pool = load_database(opt.database, flag="--database")
     pool_size, dim = data_pool["embedding"].shape
     backend = "ScaNN" if scann_module() is not None else "numpy brute force (scann is not importable)"
     print(f"Initializing {backend} searcher: k={opt.knn}, {pool_size} embeddings of dim {dim}")

@@ -17,11 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from ldm.scripting import cli, inputs, loading, outputs, samplers  # noqa: E402
-from ldm.models.diffusion.sampling import make_sampler  # noqa: E402
+from ldm.scripting import cli, inputs  # noqa: E402
 
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval.yaml"
 DEFAULT_CKPT = "models/ldm/text2img-large/model.ckpt"
@@ -56,17 +52,25 @@ def main(argv: list[str] | None = None) -> list[Path]:
     # everything that can be wrong with the arguments is found before the model is built
     for name in ("n_iter", "n_samples", "ddim_steps"):
         cli.check_positive(f"--{name}", getattr(opt, name))
-    sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
     prompts = inputs.read_prompts(opt.from_file) if opt.from_file else [opt.prompt]
     if any(p is None for p in prompts):
         raise ValueError("give a --prompt or a --from-file")
-    config = inputs.load_config(opt.config)
+    files = cli.model_files(opt)
+    config = inputs.load_config(files.configs)
     h, w = inputs.latent_size(config.model, opt.H, opt.W)
     shape = [inputs.latent_channels(config.model), h, w]
-    inputs.require_file(opt.ckpt, "checkpoint")
-    device = loading.choose_device(opt.device)
+    inputs.require_file(files.ckpt, "checkpoint")
 
-    model, _ = loading.load_model(config, opt.ckpt, device)
+    cli.setup_threads(opt)
+    import torch
+    from tqdm import tqdm
+
+    from ldm.models.diffusion.sampling import make_sampler
+    from ldm.scripting import loading, outputs, samplers
+
+    sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
+    device = loading.choose_device(opt.device)
+    model, _ = loading.load_model(config, files.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     sample_path, base_count, _ = outputs.prepare_outdir(opt.outdir)
     summary = outputs.OutputSummary()

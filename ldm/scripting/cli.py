@@ -1,32 +1,74 @@
 """The command line of the tools in ``scripts/``: the options they share, argument checks, and the
 entry point that reports a usage error in one line.
+
+This module imports neither torch nor the models, so that ``--help`` and argument errors are immediate;
+the scripts import those after parsing their arguments.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any, Callable, Sequence
 
-from ldm.models.diffusion.sampling import SAMPLER_ALIASES, SAMPLERS
-from ldm.scripting.loading import DEFAULT_SEED
+from ldm.threads import apply_threads, choose_threads
+
+#: Seed used when a script is not given one, so that runs repeat by default.
+DEFAULT_SEED = 42
+#: The names ``--sampler`` accepts: the registry ``ldm.models.diffusion.sampling.SAMPLERS`` and its
+#: aliases (repeated here so that ``--help`` need not import torch; a test keeps the two equal).
+SAMPLER_NAMES = ("ddpm", "ddim", "plms", "dpmpp2m", "dpm_solver++", "dpmsolver++", "dpm++2m")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, config: str | None, ckpt: str | None,
                          sampler: str | None = "ddim") -> None:
-    """--config, --ckpt, --seed, --device and (unless ``sampler`` is None) --sampler."""
-    parser.add_argument("--config", type=str, default=config,
-                        help=f"path to the config that builds the model (default: {config or 'beside the checkpoint'})")
+    """--config, --ckpt, --seed, --device, --threads and (unless ``sampler`` is None) --sampler."""
+    parser.add_argument("--config", type=str, default=None,
+                        help="the config that builds the model (default: the one found with the checkpoint"
+                             + (f", else {config}" if config else "") + ")")
     parser.add_argument("--ckpt", type=str, default=ckpt,
-                        help=f"path to the model's checkpoint (default: {ckpt or 'from --resume'})")
+                        help="the model's checkpoint, a main.py run folder (logs/<run>/, using its last.ckpt and "
+                             "configs) or a model folder with model.ckpt and config.yaml "
+                             f"(default: {ckpt or 'from --resume'})")
+    parser.set_defaults(default_config=config)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help="random seed (the same seed gives the same images)")
     parser.add_argument("--device", type=str, default=None,
                         help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--threads", type=str, default=None, metavar="N",
+                        help="CPU threads for torch (default: the cores not busy with other work, or "
+                             "OMP_NUM_THREADS / MKL_NUM_THREADS when set)")
     if sampler is not None:
-        names = ", ".join(list(SAMPLERS) + list(SAMPLER_ALIASES))
+        names = ", ".join(SAMPLER_NAMES)
         parser.add_argument("--sampler", type=str, default=None,
                             help=f"sampler: {names} (default: {sampler})")
+
+
+def model_files(opt: argparse.Namespace, ckpt: str | None = None, flag: str = "--ckpt") -> Any:
+    """The checkpoint and config of the parsed options (`ldm.scripting.inputs.find_model_files`): ``ckpt``
+    (default ``opt.ckpt``) may be a checkpoint, a main.py run folder or a model folder; ``--config`` replaces
+    the config found with it, and the script's default config serves where none is found. A checkpoint
+    file that does not exist is returned as it is, with that config, so that the script can check its
+    arguments against the config first; ``inputs.require_file`` then names the missing file."""
+    from pathlib import Path
+
+    from ldm.scripting.inputs import ModelFiles, find_model_files, require_file
+
+    path = ckpt if ckpt is not None else opt.ckpt
+    config = opt.config if opt.config is not None else getattr(opt, "default_config", None)
+    try:
+        return find_model_files(path, opt.config, flag=flag)
+    except FileNotFoundError:
+        if config is None or os.path.isdir(path):
+            raise
+    return ModelFiles(ckpt=Path(path), configs=(require_file(config, "config"),), folder=Path(path).parent,
+                      kind="folder")
+
+
+def setup_threads(opt: argparse.Namespace) -> None:
+    """Choose and apply the CPU thread count (``--threads``), and log it."""
+    logging.getLogger("ldm.threads").info(apply_threads(choose_threads(getattr(opt, "threads", None))).describe())
 
 
 def check_positive(name: str, value: int | float, allow_zero: bool = False) -> None:

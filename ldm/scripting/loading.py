@@ -19,8 +19,6 @@ from ldm.util import instantiate_from_config
 
 logger = logging.getLogger(__name__)
 
-#: Seed used when a script is not given one, so that runs repeat by default.
-DEFAULT_SEED = 42
 
 
 def choose_device(name: str | None = None) -> torch.device:

@@ -83,11 +83,19 @@ def l2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 PIXEL_LOSSES = {"l1": l1, "l2": l2}
 
 
+def _skip_perceptual_entries(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    """Drop the LPIPS weights of a checkpoint trained with a perceptual term from a loss that has none."""
+    for key in [k for k in state_dict if k.startswith(prefix + "perceptual_loss.")]:
+        del state_dict[key]
+
+
 class PatchGANPerceptualLoss(nn.Module):
     """What the VQ and KL first-stage losses share: a frozen LPIPS, a PatchGAN, the adaptive GAN weight
     (Esser et al. 2021, eq. 7) and the discriminator update.
 
     Submodules are ``perceptual_loss`` (LPIPS) and ``discriminator`` (PatchGAN ``main.*``), the original's keys.
+    With ``perceptual_weight`` 0 no LPIPS network is built (it would never run), and the
+    ``perceptual_loss.*`` entries of a state dict that has them are skipped when loading.
     """
 
     def __init__(self, *,
@@ -105,8 +113,10 @@ class PatchGANPerceptualLoss(nn.Module):
         super().__init__()
         if disc_loss not in DISC_LOSSES:
             raise ValueError(f"disc_loss must be one of {', '.join(DISC_LOSSES)}; got {disc_loss!r}")
-        self.perceptual_loss = LPIPS().eval()
+        self.perceptual_loss = LPIPS().eval() if perceptual_weight > 0 else None
         self.perceptual_weight = perceptual_weight
+        if self.perceptual_loss is None:
+            self.register_load_state_dict_pre_hook(_skip_perceptual_entries)
         self.discriminator = NLayerDiscriminator(input_nc=disc_in_channels, n_layers=disc_num_layers,
                                                  use_actnorm=use_actnorm, ndf=disc_ndf).apply(weights_init)
         self.discriminator_iter_start = disc_start

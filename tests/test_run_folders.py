@@ -1,0 +1,214 @@
+"""The scripts read what main.py writes: a run folder, a checkpoint inside one, or a model folder; they
+refuse a model they cannot sample from its config, before torch is even imported; ``--help`` imports
+neither torch nor the models; hints name things that exist."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import REPO
+from ldm.scripting import cli, inputs
+
+TRAIN = REPO / "tests" / "configs" / "train"
+SCRIPTS = sorted(p.stem for p in (REPO / "scripts").glob("*.py"))
+QUIET = ["lightning.trainer.max_steps=2", "lightning.callbacks.image_logger.params.disabled=true"]
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(f"ldm_run_folder_script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_run(root: Path, config: str) -> Path:
+    """A main.py run folder of a tiny config trained for 2 steps."""
+    from main import main
+
+    main(["-b", str(TRAIN / config), "-t", "--no-test", "-l", str(root), "--accelerator", "cpu", *QUIET])
+    (run,) = [p for p in root.iterdir() if p.is_dir()]
+    return run
+
+
+@pytest.fixture(scope="module")
+def uncond_run(tmp_path_factory) -> Path:
+    return train_run(tmp_path_factory.mktemp("uncond"), "ldm_uncond_tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def cond_run(tmp_path_factory) -> Path:
+    return train_run(tmp_path_factory.mktemp("cond"), "ldm_cond_tiny.yaml")
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding checkpoint and config
+# --------------------------------------------------------------------------------------------------
+
+
+def test_find_model_files_in_a_run_folder(uncond_run):
+    last = uncond_run / "checkpoints" / "last.ckpt"
+    for given in (uncond_run, uncond_run / "checkpoints", last):
+        files = inputs.find_model_files(given)
+        assert files.ckpt == last and files.folder == uncond_run and files.kind == "run"
+        assert [p.name.endswith("-project.yaml") for p in files.configs] == [True]
+    other = next((uncond_run / "checkpoints").glob("epoch=*.ckpt"), None)
+    if other is not None:  # a top-k checkpoint of the same run finds the same configs
+        assert inputs.find_model_files(other).configs == files.configs
+
+
+def test_find_model_files_in_a_model_folder_and_errors(tmp_path, uncond_run):
+    folder = tmp_path / "models" / "ldm" / "mine"
+    folder.mkdir(parents=True)
+    shutil.copy(uncond_run / "checkpoints" / "last.ckpt", folder / "model.ckpt")
+    (folder / "config.yaml").write_text("model: {target: x}\n")
+    for given in (folder, folder / "model.ckpt"):
+        files = inputs.find_model_files(given)
+        assert (files.ckpt, files.configs, files.kind) == (folder / "model.ckpt", (folder / "config.yaml",), "folder")
+    explicit = tmp_path / "other.yaml"
+    explicit.write_text("model: {target: y}\n")
+    assert inputs.find_model_files(folder, explicit).configs == (explicit,)
+
+    with pytest.raises(FileNotFoundError, match=r"--ckpt: .*models/ldm/absent does not exist\. Fetch it with "
+                                                r"`bash scripts/download_models.sh absent`"):
+        inputs.find_model_files(tmp_path / "models" / "ldm" / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither a main.py run folder .* nor a model folder"):
+        inputs.find_model_files(tmp_path / "empty")
+    (folder / "config.yaml").unlink()
+    with pytest.raises(FileNotFoundError, match="no config.yaml beside .*model.ckpt.*pass --config"):
+        inputs.find_model_files(folder / "model.ckpt")
+
+
+# --------------------------------------------------------------------------------------------------
+# sample_diffusion.py on main.py runs
+# --------------------------------------------------------------------------------------------------
+
+
+def test_sample_diffusion_samples_a_run_folder_into_it_or_into_logdir(uncond_run, tmp_path):
+    argv = ["-n", "2", "--batch_size", "2", "-c", "2", "-e", "0.0", "--device", "cpu"]
+    written = script("sample_diffusion").main(["-r", str(uncond_run), *argv])
+    (out,) = (uncond_run / "samples" / f"{2:08}").iterdir()  # the run's last.ckpt is at step 2
+    assert len(list((out / "img").glob("*.png"))) == 2 and (out / "numpy" / "2x16x16x3-samples.npz").is_file()
+    assert all(uncond_run in p.parents for p in written)
+    assert not (uncond_run / "checkpoints" / "samples").exists()
+
+    script("sample_diffusion").main(["-r", str(uncond_run / "checkpoints" / "last.ckpt"), "-l", str(tmp_path), *argv])
+    (out,) = (tmp_path / uncond_run.name / "samples" / f"{2:08}").iterdir()
+    assert len(list((out / "img").glob("*.png"))) == 2
+
+
+def test_sample_diffusion_refuses_a_conditional_run_before_importing_torch(cond_run):
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['sample_diffusion.py', '-r', {str(cond_run)!r}]\n"
+            "try:\n"
+            f"    runpy.run_path({str(REPO / 'scripts' / 'sample_diffusion.py')!r}, run_name='__main__')\n"
+            "finally:\n"
+            "    print('torch imported:', 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "torch imported: False" in proc.stdout
+    assert "sample_diffusion.py samples unconditional models only; this one is conditioned on 'class_label'" \
+        in proc.stderr
+    assert "scripts/sample_cin.py" in proc.stderr
+
+
+def test_txt2img_takes_a_run_folder_as_ckpt(cond_run, tmp_path):
+    """--ckpt <run folder> finds the run's config (here a class-conditional one, which txt2img's prompt
+    conditioning cannot drive: the error comes from that config, not from txt2img's default config)."""
+    with pytest.raises(Exception) as err:
+        script("txt2img").main(["--ckpt", str(cond_run), "--outdir", str(tmp_path), "--H", "17"])
+    assert "multiple of" in str(err.value) and "--H 17" in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# --help and the shared options
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SCRIPTS + ["../main"])
+def test_help_imports_neither_torch_nor_the_models(name):
+    path = REPO / "scripts" / f"{name}.py"
+    code = ("import runpy, sys\n"
+            f"sys.argv = [{str(path)!r}, '--help']\n"
+            "try:\n"
+            f"    runpy.run_path({str(path)!r}, run_name='__main__')\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "heavy = sorted(m for m in ('torch', 'pytorch_lightning', 'transformers', 'ldm.models') if m in sys.modules)\n"
+            "print('heavy:', heavy)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage:" in proc.stdout and "heavy: []" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_sampler_names_of_the_command_line_are_the_registry():
+    from ldm.models.diffusion import sampling
+
+    assert set(cli.SAMPLER_NAMES) == set(sampling.SAMPLERS) | set(sampling.SAMPLER_ALIASES), (
+        "ldm.scripting.cli.SAMPLER_NAMES must list the registry's samplers and aliases")
+
+
+# --------------------------------------------------------------------------------------------------
+# Hints that name what exists
+# --------------------------------------------------------------------------------------------------
+
+
+def test_img2img_missing_init_img_asks_for_an_image(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text((REPO / "tests" / "configs" / "tiny-cin.yaml").read_text())
+    with pytest.raises(FileNotFoundError) as err:
+        script("img2img").main(["--init_img", str(tmp_path / "sketch.png"), "--class_label", "1",
+                                "--config", str(config), "--ckpt", str(tmp_path / "model.ckpt")])
+    message = str(err.value)
+    assert "--init_img not found" in message and "image file" in message and "main.py" not in message
+
+
+def test_null_class_comes_from_the_config():
+    model = OmegaConf.create({"params": {"ucg_class": 6}})
+    assert inputs.null_class(model, 7) == 6
+    assert inputs.null_class(OmegaConf.create({"params": {}}), 1001) == 1000
+
+
+def test_sample_cin_uses_the_configs_null_class(tmp_path):
+    """With ``ucg_class`` in the config (the label its training dropped to), sample_cin guides with that
+    class, exactly as with --uncond_class given; the last class gives other images."""
+    import numpy as np
+    from PIL import Image
+
+    from test_scripts import build_checkpoint
+
+    config, ckpt = build_checkpoint("tiny-cin.yaml", tmp_path / "model", {"model.params.ucg_class": 7})
+
+    def grid(*extra: str) -> np.ndarray:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        script("sample_cin").main(["--classes", "25", "--n_samples_per_class", "1", "--ddim_steps", "2",
+                                   "--scale", "3.0", "--outdir", str(out), "--ckpt", str(ckpt), "--device", "cpu",
+                                   *extra])
+        return np.array(Image.open(out / "grid-0000.png"))
+
+    from_config = grid()
+    assert np.array_equal(from_config, grid("--uncond_class", "7"))
+    assert not np.array_equal(from_config, grid("--uncond_class", "1000"))
+
+
+def test_retrieval_hint_names_the_flag_of_the_script(tmp_path):
+    from ldm.retrieval import load_database
+
+    with pytest.raises(FileNotFoundError) as err:
+        load_database(tmp_path, flag="--database")
+    message = str(err.value)
+    assert "--database at a folder" in message and "--database_root" not in message and "README" not in message
+    assert "https://ommer-lab.com/files/rdm/artbench_databases.zip" in message
