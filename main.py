@@ -165,12 +165,15 @@ def resolve_run_dirs(opt: argparse.Namespace, now: str) -> tuple[str, str]:
 
 def build(config_files: list[str], config: DictConfig) -> Any:
     """`instantiate_from_config`, with the config files named in any error."""
+    from ldm.checkpoint import InvalidCheckpointError, UnsafeCheckpointError
     from ldm.util import ConfigError, instantiate_from_config
 
     try:
         return instantiate_from_config(config)
     except ConfigError as err:
         raise UsageError(f"config error in {', '.join(config_files)}: {err}")
+    except (InvalidCheckpointError, UnsafeCheckpointError) as err:
+        raise UsageError(f"a checkpoint named in {', '.join(config_files)} (ckpt_path) cannot be used: {err}")
 
 
 def load_configs(paths: list[str], overrides: DictConfig) -> DictConfig:

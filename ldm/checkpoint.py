@@ -1055,6 +1055,29 @@ def load_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return _extract_state_dict(load_checkpoint(path, map_location=map_location), path)
 
 
+def check_weights_fit(module: torch.nn.Module, state_dict: Mapping[str, Any], source: str | os.PathLike) -> None:
+    """Refuse, before loading, weights that cannot belong to ``module``: a state dict sharing none of its
+    keys (a different model's checkpoint would otherwise leave it randomly initialised, with only a log
+    line) or holding tensors of the wrong shape. Missing or extra keys alone are allowed (``strict=False``
+    loading of partial checkpoints, e.g. a first stage without its loss). Raises InvalidCheckpointError."""
+    own = module.state_dict()
+    name = type(module).__name__
+    shared = [k for k in state_dict if k in own]
+    if own and state_dict and not shared:
+        raise InvalidCheckpointError(
+            f"{source} holds no weights of this {name}: none of its {len(state_dict)} keys (such as "
+            f"{sorted(state_dict)[:3]}) is a key of the model (such as {sorted(own)[:3]}); is it the checkpoint "
+            f"of a different model?")
+    wrong = [(k, tuple(state_dict[k].shape), tuple(own[k].shape)) for k in shared
+             if isinstance(state_dict[k], torch.Tensor) and isinstance(own[k], torch.Tensor)
+             and state_dict[k].shape != own[k].shape]
+    if wrong:
+        key, theirs, ours = wrong[0]
+        raise InvalidCheckpointError(
+            f"{source} does not fit this {name}: {len(wrong)} of its tensors have the wrong shape, such as "
+            f"{key!r}: {theirs} in the file, {ours} in the model; is it the checkpoint of a different config?")
+
+
 # --------------------------------------------------------------------------------------------------
 # Saving
 # --------------------------------------------------------------------------------------------------

@@ -271,3 +271,28 @@ def _data_pickle(path: Path) -> str:
     with zipfile.ZipFile(path) as archive:
         name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
         return archive.read(name).decode("latin-1")
+
+
+# ckpt_path: weights of another model, or of the wrong shape, stop the run before training
+
+@pytest.mark.parametrize("case", ["other_model", "wrong_shape"])
+def test_first_stage_ckpt_path_must_fit(tmp_path, case):
+    from ldm.models.autoencoder import AutoencoderKL
+
+    ddconfig = {"double_z": True, "z_channels": 2, "resolution": 16, "in_channels": 3, "out_ch": 3, "ch": 32,
+                "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    path = tmp_path / "first_stage.ckpt"
+    if case == "other_model":
+        torch.save({"state_dict": torch.nn.Linear(3, 3).state_dict()}, path)
+        expected = "holds no weights of this AutoencoderKL"
+    else:
+        wide = AutoencoderKL(ddconfig={**ddconfig, "ch": 64}, lossconfig={"target": "torch.nn.Identity"}, embed_dim=2)
+        torch.save({"state_dict": wide.state_dict()}, path)
+        expected = "tensors have the wrong shape, such as"
+    with pytest.raises(SystemExit) as info:
+        _run_main("-b", str(CONFIG), "-l", str(tmp_path / "logs"),
+                  f"model.params.first_stage_config.params.ckpt_path={path}")
+    message = str(info.value)
+    assert message.startswith("main.py: error: a checkpoint named in") and expected in message, message
+    assert "\n" not in message
+    assert not (tmp_path / "logs").exists() or not list((tmp_path / "logs").rglob("*.ckpt"))

@@ -21,7 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from ldm.checkpoint import load_state_dict
+from ldm.checkpoint import check_weights_fit, load_state_dict
 from ldm.models.diffusion.schedule import GaussianDiffusionMixin, validate_parameterization
 from ldm.models.diffusion.wrapper import DiffusionWrapper
 from ldm.modules.diffusionmodules.util import noise_like
@@ -167,6 +167,7 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
         """Load a checkpoint non-strictly (after dropping ``ignore_keys`` prefixes) and log what was missing."""
         sd = drop_ignored_keys(load_state_dict(path), ignore_keys)
         target = self.model if only_model else self
+        check_weights_fit(target, sd, path)
         missing, unexpected = target.load_state_dict(sd, strict=False)
         log_info("Restored from %s with %d missing and %d unexpected keys", path, len(missing), len(unexpected))
         if missing:
