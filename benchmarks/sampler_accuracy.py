@@ -1,162 +1,165 @@
-"""How close 20-step samplers come to the exact probability-flow ODE solution, on a small trained model.
+"""How accurately each sampler solves the probability-flow ODE, on data whose exact solution is known.
 
-DPM-Solver++(2M) (Lu et al. 2022) against DDIM (Song et al. 2021) at 20 steps, both measured as the
-RMS distance to a reference computed from the same x_T with DDIM over every one of the model's 1000
-training steps (the first-order solver converged to its limit; it equals the project's DDIMSampler
-step for step, as tests/test_dpm_solver.py checks, and the project's DDIMSampler at 500 steps is
-printed as a cross-check). The model is a pixel-space diffusion model (a LatentDiffusion with an
-identity first stage, the noise schedule of the txt2img-1p4B model) trained for a few hundred steps
-on the embedded synthetic shapes at 16x16, or loaded from ``--model`` when that file exists. Its
-samples are rough; what is measured is how far each solver lands from the exact ODE solution of
-this model.
+For data distributed as N(mu, s^2 I), the optimal denoiser is closed-form at every noise level:
+E[x0 | x] = mu + s^2 / (s^2 + sigma^2) (x - mu) in the variance-exploding scale x = x0 + sigma * eps
+(Karras et al. 2022), hence E[eps | x_t] too; and the probability-flow ODE (Song et al. 2021) maps
+quantiles, so its solution from x_T is x(sigma) = mu + sqrt(s^2 + sigma^2) / sqrt(s^2 + sigma_T^2)
+(x_T - mu). A model that returns this exact noise prediction, on the noise schedule of the LDM
+configs (linear in sqrt(beta) from 0.0015 to 0.0195 over 1000 steps), leaves each sampler's own
+discretization error as the only error: the table gives the RMS distance between a sampler's output
+and the exact solution from the same x_T (drawn at the sampler's first noise level) to the same
+final level (training step 0, where every sampler here stops), for a budget of model evaluations,
+counted (Heun uses two per step, PLMS two in its first step). Steps are added while they fit into
+the budget.
 
-    python benchmarks/sampler_accuracy.py            # trains (about a minute), then compares
-    python benchmarks/sampler_accuracy.py --train_steps 0 --model bench_out/sampler_accuracy/model.pt
+    python benchmarks/sampler_accuracy.py
+    python benchmarks/sampler_accuracy.py --nfe 5 10 20 50 --std 0.5 0.1
 
-DDIMSampler's own 20-step grid starts at training step 951 (the original's "+1" uniform grid), so
-DDIM is reported twice: on that grid (against a reference that also starts at 951) and on the same
-grid as DPM-Solver++ (999 -> 0). The script exits with status 1 unless DPM-Solver++ is closer than
-both.
+Rows: every registered sampler on its default grid, then the reference points: the original
+DPMSolverSampler (logSNR grid of integer steps, first-order final step below 10 steps) and
+DPM-Solver++(2M) on the Karras grid as k-diffusion's ``sample_dpmpp_2m`` takes it (run through
+k-diffusion itself when it is installed, checked to agree with the project's step function).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
-from ldm.data.synthetic import SyntheticShapesTrain  # noqa: E402
-from ldm.models.diffusion.ddim import DDIMSampler  # noqa: E402
-from ldm.models.diffusion.dpm_solver import SKIP_TYPES, DPMSolverSampler  # noqa: E402
-from ldm.util import instantiate_from_config  # noqa: E402
+from ldm.models.diffusion.denoiser import Denoiser, DiscreteSchedule  # noqa: E402
+from ldm.models.diffusion.dpm_solver import DPMSolverSampler  # noqa: E402
+from ldm.models.diffusion.sampling import SAMPLERS, dpmpp, sample  # noqa: E402
 
-SIZE = 16
-MODEL_CONFIG = {
-    "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
-    "params": {
-        "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "first_stage_key": "image",
-        "image_size": SIZE, "channels": 3, "use_ema": False, "scale_factor": 1.0,
-        "cond_stage_config": "__is_unconditional__",
-        "first_stage_config": {"target": "ldm.models.autoencoder.IdentityFirstStage"},
-        "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
-            "image_size": SIZE, "in_channels": 3, "out_channels": 3, "model_channels": 32,
-            "attention_resolutions": [4], "num_res_blocks": 1, "channel_mult": [1, 2, 2], "num_head_channels": 32}},
-    },
-}
+LINEAR_START, LINEAR_END, TIMESTEPS = 0.0015, 0.0195, 1000  # the schedule of most LDM configs
+SHAPE = (4, 8, 8)  # one latent
 
 
-def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=str, default="bench_out/sampler_accuracy/model.pt",
-                        help="state dict of the trained model: loaded when it exists, else written after training")
-    parser.add_argument("--train_steps", type=int, default=500, help="optimizer steps when training")
-    parser.add_argument("--batch_size", type=int, default=32, help="training batch size")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak Adam learning rate (one-cycle schedule)")
-    parser.add_argument("--steps", type=int, default=20, help="steps of the compared samplers")
-    parser.add_argument("--n", type=int, default=8, help="number of samples compared")
-    parser.add_argument("--seed", type=int, default=0, help="seed of training and of x_T")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--device", type=str, default=None, help="cuda when available, else cpu")
-    return parser
+class GaussianData(torch.nn.Module):
+    """A "model" whose noise prediction is the exact E[eps | x_t] for data ~ N(mu, std^2 I), at any step t."""
+
+    parameterization = "eps"
+
+    def __init__(self, mu: torch.Tensor, std: float):
+        super().__init__()
+        betas = torch.linspace(LINEAR_START ** 0.5, LINEAR_END ** 0.5, TIMESTEPS, dtype=torch.float64) ** 2
+        self.register_buffer("alphas_cumprod", torch.cumprod(1.0 - betas, 0))
+        self.schedule = DiscreteSchedule(self.alphas_cumprod)
+        self.mu, self.std = mu, std
+
+    def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        sigma = self.schedule.sigma(t).view(-1, *([1] * (x.dim() - 1)))  # (B, 1, 1, 1)
+        x_ve = x * (1 + sigma ** 2).sqrt()
+        denoised = self.mu + self.std ** 2 / (self.std ** 2 + sigma ** 2) * (x_ve - self.mu)
+        return (x_ve - denoised) / sigma
+
+    def exact(self, x_ve: torch.Tensor, sigma_start: float, sigma_end: float) -> torch.Tensor:
+        """The probability-flow ODE solution from ``x_ve`` at ``sigma_start`` to ``sigma_end`` (VE scale)."""
+        s2 = self.std ** 2
+        return self.mu + math.sqrt(s2 + sigma_end ** 2) / math.sqrt(s2 + sigma_start ** 2) * (x_ve - self.mu)
 
 
-def train(model: torch.nn.Module, steps: int, batch_size: int, lr: float, seed: int, device: torch.device) -> None:
-    """``steps`` Adam steps (one-cycle learning rate) of the eps-prediction loss on the synthetic shapes."""
-    data = SyntheticShapesTrain(size=SIZE, num_samples=steps * batch_size, seed=seed)
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
-    optimizer = torch.optim.Adam(model.model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    model.train()
-    start = time.time()
-    for i, batch in enumerate(loader):
-        x = batch["image"].permute(0, 3, 1, 2).to(device)  # (B, 3, H, W) in [-1, 1]
-        loss, _ = model(x, None)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if i % 100 == 0 or i == steps - 1:
-            print(f"  step {i:4d}  loss {loss.item():.4f}  ({time.time() - start:.0f}s)")
-    model.eval()
+class Counted:
+    """A denoiser that counts its evaluations."""
+
+    def __init__(self, denoiser):
+        self.denoiser, self.calls = denoiser, 0
+
+    def __call__(self, x, sigma):
+        self.calls += 1
+        return self.denoiser(x, sigma)
 
 
-def rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).pow(2).mean().sqrt().item()
+def k_diffusion_dpmpp_2m():
+    """k-diffusion's ``sample_dpmpp_2m`` and ``CompVisDenoiser`` when the package can be imported, else None."""
+    try:
+        from k_diffusion.external import CompVisDenoiser
+        from k_diffusion.sampling import sample_dpmpp_2m
+    except ImportError:
+        return None
+    return sample_dpmpp_2m, CompVisDenoiser
 
 
-@torch.no_grad()
+def run(step, model, x_T, sigmas, **options):
+    """(RMS error of the VP output against the exact solution, model evaluations)."""
+    denoiser = Counted(Denoiser(model))
+    x_ve = x_T * math.sqrt(1 + sigmas[0] ** 2)
+    out = sample(step, denoiser, x_ve, sigmas, **options)
+    exact = model.exact(x_ve, sigmas[0], sigmas[-1])
+    scale = math.sqrt(1 + sigmas[-1] ** 2)
+    return (out / scale - exact / scale).pow(2).mean().sqrt().item(), denoiser.calls
+
+
+def within_budget(make_run, budget: int):
+    """The most accurate run of ``make_run(steps)`` that fits into ``budget`` model evaluations (most steps)."""
+    for steps in range(budget, 0, -1):
+        err, calls = make_run(steps)
+        if calls <= budget:
+            return err, calls
+    raise ValueError(f"no run fits into {budget} model evaluations")
+
+
 def main(argv: list[str] | None = None) -> int:
-    opt = get_parser().parse_args(argv)
-    if opt.threads:
-        torch.set_num_threads(opt.threads)
-    device = torch.device(opt.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(opt.seed)
-    model = instantiate_from_config(OmegaConf.create(MODEL_CONFIG)).to(device)
-    path = Path(opt.model)
-    if path.is_file():
-        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-        model.eval()
-        print(f"loaded {path}")
-    else:
-        print(f"training {opt.train_steps} steps on the synthetic shapes ({SIZE}x{SIZE})")
-        with torch.enable_grad():
-            train(model, opt.train_steps, opt.batch_size, opt.lr, opt.seed, device)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), path)
-        print(f"saved {path}")
-
-    T = model.num_timesteps
-    shape = (3, SIZE, SIZE)
-    x_T = torch.randn((opt.n, *shape), generator=torch.Generator().manual_seed(opt.seed + 1)).to(device)
-    first_order = DPMSolverSampler(model, order=1)
-    ddim = DDIMSampler(model)
-
-    def timed(fn):
-        start = time.time()
-        out = fn()
-        return out, time.time() - start
-
-    def reference_from(start_step: int) -> torch.Tensor:
-        return first_order.sample(None, opt.n, shape, x_T=x_T, verbose=False,
-                                  timesteps=list(range(start_step, -1, -1)))[0]
-
-    ref, t_ref = timed(lambda: reference_from(T - 1))
-    ddim20, t_ddim = timed(lambda: ddim.sample(opt.steps, opt.n, shape, x_T=x_T, eta=0.0, verbose=False)[0])
-    ddim_start = int(ddim.ddim_timesteps[-1])
-    ref_ddim_grid = reference_from(ddim_start)
-    ddim_half = ddim.sample(T // 2, opt.n, shape, x_T=x_T, eta=0.0, verbose=False)[0]
-    dpm = DPMSolverSampler(model)
-    dpm20, t_dpm = timed(lambda: dpm.sample(opt.steps, opt.n, shape, x_T=x_T, verbose=False)[0])
-    ddim20_same_grid = first_order.sample(None, opt.n, shape, x_T=x_T, verbose=False,
-                                          timesteps=dpm.make_timesteps(opt.steps))[0]
-    other_grids = {skip: DPMSolverSampler(model, skip_type=skip).sample(opt.steps, opt.n, shape, x_T=x_T,
-                                                                          verbose=False)[0]
-                   for skip in SKIP_TYPES if skip != dpm.skip_type}
-
-    scale = ref.pow(2).mean().sqrt().item()
-    rows = [
-        (f"DDIMSampler, {T // 2} steps (cross-check of the reference)", rms(ddim_half, ref), None),
-        (f"DDIMSampler, {opt.steps} steps ({ddim_start} -> 0, the original grid)", rms(ddim20, ref_ddim_grid), t_ddim),
-        (f"DDIM, {opt.steps} steps (DPM-Solver++'s {dpm.skip_type} grid, {T - 1} -> 0)", rms(ddim20_same_grid, ref),
-         None),
-        (f"DPM-Solver++(2M), {opt.steps} steps ({T - 1} -> 0, {dpm.skip_type} grid)", rms(dpm20, ref), t_dpm),
-    ]
-    rows += [(f"  for comparison: DPM-Solver++(2M) on the {skip} grid", rms(x, ref), None)
-             for skip, x in other_grids.items()]
-    print(f"\nreference: DDIM over every training step, {T - 1} -> 0 ({T - 1} steps, {t_ref:.1f}s); "
-          f"RMS of the reference samples {scale:.3f}; {opt.n} samples, same x_T for all")
-    print(f"{'sampler':64s} {'RMS distance':>12s} {'time':>7s}")
-    for name, dist, seconds in rows:
-        print(f"{name:64s} {dist:12.5f} {'' if seconds is None else f'{seconds:6.2f}s':>7s}")
-    ddim_best = min(rows[1][1], rows[2][1])
-    ok = rows[3][1] < ddim_best
-    print(f"\nDPM-Solver++ is {ddim_best / max(rows[3][1], 1e-12):.1f}x closer to the reference than the closer DDIM: "
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50], help="model-evaluation budgets")
+    parser.add_argument("--std", type=float, nargs="+", default=[0.5, 0.1], help="data standard deviations s")
+    parser.add_argument("--n", type=int, default=16, help="samples per run")
+    parser.add_argument("--seed", type=int, default=0, help="seed of mu and x_T")
+    opt = parser.parse_args(argv)
+    torch.set_default_dtype(torch.float64)
+    gen = torch.Generator().manual_seed(opt.seed)
+    mu = torch.randn(SHAPE, generator=gen)
+    x_T = torch.randn((opt.n, *SHAPE), generator=gen)
+    kd = k_diffusion_dpmpp_2m()
+    ok = True
+    for std in opt.std:
+        model = GaussianData(mu, std)
+        schedule = model.schedule
+        rows: dict[str, list[float]] = {}
+        for name, spec in SAMPLERS.items():
+            if name == "ddpm":
+                continue  # stochastic, over all 1000 steps: it samples the SDE, not the ODE
+            options = {**spec.options, **({"eta": 0.0} if spec.takes_eta else {})}
+            rows[f"{name} ({spec.spacing} grid)"] = [within_budget(
+                lambda S: run(spec.step, model, x_T, schedule.grid(S, spec.spacing).tolist(), **options), b)[0]
+                for b in opt.nfe]
+        original = DPMSolverSampler(model)
+        rows["DPMSolverSampler as before (logSNR, 1st-order final step < 10)"] = [within_budget(
+            lambda S: run(dpmpp, model, x_T, original.sigmas(S), **original.options(0.0, S)), b)[0] for b in opt.nfe]
+        karras = [within_budget(lambda S: run(dpmpp, model, x_T, schedule.grid(S, "karras").tolist()), b)[0]
+                  for b in opt.nfe]
+        label = "DPM-Solver++(2M), Karras grid (k-diffusion's sample_dpmpp_2m)"
+        if kd is not None:
+            sample_dpmpp_2m, CompVisDenoiser = kd
+            kd_errors = []
+            for b in opt.nfe:
+                sigmas = schedule.grid(b, "karras")
+                x_ve = x_T * math.sqrt(1 + float(sigmas[0]) ** 2)
+                out = sample_dpmpp_2m(CompVisDenoiser(model), x_ve, sigmas, disable=True)
+                exact = model.exact(x_ve, float(sigmas[0]), float(sigmas[-1]))
+                kd_errors.append(((out - exact) / math.sqrt(1 + float(sigmas[-1]) ** 2)).pow(2).mean().sqrt().item())
+            agree = max(abs(a - b) / b for a, b in zip(kd_errors, karras))
+            label = f"k-diffusion sample_dpmpp_2m, Karras grid (project's step agrees to {agree:.0e})"
+            karras = kd_errors
+        rows[label] = karras
+        print(f"\ndata N(mu, {std}^2 I), {opt.n} samples of {SHAPE}; RMS error against the exact ODE solution")
+        print(f"{'sampler':66s}" + "".join(f"{f'{b} NFE':>10s}" for b in opt.nfe))
+        for name, errors in rows.items():
+            print(f"{name:66s}" + "".join(f"{e:10.1e}" for e in errors))
+        best = [min(errors[j] for name, errors in rows.items() if not name.startswith(("k-diff", "DPM-Solver++(2M), K",
+                                                                                          "DPMSolverSampler")))
+                for j in range(len(opt.nfe))]
+        before = rows["DPMSolverSampler as before (logSNR, 1st-order final step < 10)"]
+        print(f"{'best registered sampler':66s}" + "".join(f"{e:10.1e}" for e in best))
+        print(f"{'  vs DPM-Solver++(2M) on the Karras grid (ratio, >= 1 is as good)':66s}"
+              + "".join(f"{k / e:10.1f}" for k, e in zip(karras, best)))
+        print(f"{'  vs DPMSolverSampler as before (ratio)':66s}" + "".join(f"{o / e:10.1f}" for o, e in zip(before, best)))
+        ok &= all(e <= k for e, k in zip(best, karras))
+    print(f"\nthe best registered sampler is at least as accurate as DPM-Solver++(2M) on the Karras grid at every budget: "
           f"{'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 

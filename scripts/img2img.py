@@ -3,9 +3,9 @@ Editing with Stochastic Differential Equations") with a latent diffusion model (
 
     python scripts/img2img.py --init_img sketch.png --prompt "a fantasy landscape" --strength 0.75
 
-The input image is encoded by the first stage, noised in one go to the DDIM step that ``--strength``
-selects (``DDIMSampler.stochastic_encode``: 0 keeps the image, 1 starts from almost pure noise), and
-denoised with DDIM (``DDIMSampler.decode``) under the model's conditioning: a ``--prompt`` for text
+The input image is encoded by the first stage, noised in one go to the step of the ``--sampler``'s
+grid that ``--strength`` selects (0 keeps the image, 1 starts from almost pure noise), and denoised
+from there (``Sampler.img2img``; DDIM by default) under the model's conditioning: a ``--prompt`` for text
 models, a ``--class_label`` for class-conditional ones, nothing for unconditional ones; guided by
 ``--scale``. Samples go to ``<outdir>/samples/NNNN.png``, a grid of all to ``<outdir>/grid-NNNN.png``.
 """
@@ -40,14 +40,15 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--outdir", type=str, default="outputs/img2img-samples", help="dir to write results to")
     parser.add_argument("--strength", type=float, default=0.75,
                         help="how much of the image to destroy: 0 keeps it, 1 starts from (almost) pure noise")
-    parser.add_argument("--ddim_steps", type=int, default=50, help="number of DDIM steps for strength 1")
+    parser.add_argument("--ddim_steps", type=int, default=50,
+                        help="number of sampler steps for strength 1 (ddpm takes every training step)")
     parser.add_argument("--ddim_eta", type=float, default=0.0,
                         help="ddim eta (eta=0.0 corresponds to deterministic sampling)")
     parser.add_argument("--n_iter", type=int, default=1, help="sample this often")
     parser.add_argument("--n_samples", type=int, default=2, help="how many samples per round (the batch size)")
     parser.add_argument("--scale", type=float, default=5.0,
                         help="unconditional guidance scale (ignored by unconditional models)")
-    cli.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT, sampler=None)
+    cli.add_common_arguments(parser, DEFAULT_CONFIG, DEFAULT_CKPT)
     return parser
 
 
@@ -124,13 +125,16 @@ def main(argv: list[str] | None = None) -> list[Path]:
     import torch
     from tqdm import trange
 
-    from ldm.models.diffusion.ddim import DDIMSampler
-    from ldm.scripting import loading, outputs
+    from ldm.models.diffusion.sampling import make_sampler
+    from ldm.scripting import loading, outputs, samplers
 
+    sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
     device = loading.choose_device(opt.device)
     model, _ = loading.load_model(config, files.ckpt, device)
-    sampler = DDIMSampler(model)
-    sampler.make_schedule(ddim_num_steps=opt.ddim_steps, ddim_eta=opt.ddim_eta, verbose=False)
+    sampler = make_sampler(sampler_name, model)
+    steps = None if sampler_name == "ddpm" else opt.ddim_steps  # ddpm: strength applies to every training step
+    if steps is None:
+        t_enc = max(1, int(opt.strength * model.num_timesteps))
     sample_path, base_count, grid_count = outputs.prepare_outdir(opt.outdir)
     summary = outputs.OutputSummary()
     n = opt.n_samples
@@ -150,10 +154,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 uc = model.get_learned_conditioning({key: torch.tensor(n * [uncond_class], device=device)})
         scale = opt.scale if uc is not None else 1.0
         for _ in trange(opt.n_iter, desc="Sampling"):
-            # noise to the level of the first DDIM step that decode() takes (index t_enc - 1)
-            z_enc = sampler.stochastic_encode(init_latent, torch.tensor([t_enc - 1] * n, device=device))
-            samples = sampler.decode(z_enc, c, t_enc, unconditional_guidance_scale=scale,
-                                     unconditional_conditioning=uc, verbose=False)
+            samples = sampler.img2img(init_latent, steps, t_enc, c, eta=opt.ddim_eta, unconditional_guidance_scale=scale,
+                                      unconditional_conditioning=uc, verbose=False)
             x_samples = outputs.decode_to_unit(model, samples)
             for x_sample in x_samples:
                 summary.add(outputs.save_image(x_sample, os.path.join(sample_path, f"{base_count:04}.png")))

@@ -18,7 +18,8 @@ from ldm.threads import apply_threads, choose_threads
 DEFAULT_SEED = 42
 #: The names ``--sampler`` accepts: the registry ``ldm.models.diffusion.sampling.SAMPLERS`` and its
 #: aliases (repeated here so that ``--help`` need not import torch; a test keeps the two equal).
-SAMPLER_NAMES = ("ddpm", "ddim", "plms", "dpmpp2m", "dpm_solver++", "dpmsolver++", "dpm++2m")
+SAMPLER_NAMES = ("ddpm", "ddim", "plms", "dpmpp2m", "dpm_solver++", "dpmsolver++", "dpm++2m", "dpmpp3m", "dpm++3m",
+                 "unipc", "euler_karras", "heun_karras")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, config: str | None, ckpt: str | None,

@@ -1,75 +1,81 @@
 """DDIM sampler: "Denoising Diffusion Implicit Models" (Song et al., ICLR 2021).
 
 Deterministic (eta = 0) or stochastic (eta > 0, eq. 16) sampling on a sub-sequence of the training
-timesteps, with classifier-free guidance, inpainting through a mask, and the DDIM forward
-(`stochastic_encode`) and reverse (`decode`) maps used for image-to-image editing.
+timesteps (the ``ancestral`` step of `ldm.models.diffusion.sampling`), with the original interface:
+`make_schedule` and its buffers, and the DDIM forward (`stochastic_encode`) and reverse (`decode`)
+maps used for image-to-image editing.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from ldm.models.diffusion.sampling_common import DDIMScheduleSampler, logger
-from ldm.modules.diffusionmodules.util import extract_into_tensor
+from ldm.models.diffusion.denoiser import DiscreteSchedule
+from ldm.models.diffusion.sampling import Sampler
+from ldm.modules.diffusionmodules.util import extract_into_tensor, make_ddim_sampling_parameters, make_ddim_timesteps
 
 
-class DDIMSampler(DDIMScheduleSampler):
+class DDIMSampler(Sampler):
     """DDIM (Song et al. 2021, eq. 12) for a `DDPM` / `LatentDiffusion` model."""
 
-    sampler_name = "DDIM"
+    name = "ddim"
+
+    def __init__(self, model: torch.nn.Module, schedule: str = "linear", **kwargs: Any) -> None:
+        super().__init__(model, kwargs.get("name"))  # ``schedule`` is accepted for compatibility: it is the model's
+        self.ddpm_num_timesteps = model.num_timesteps
+        self.eta = 0.0
+
+    def register_buffer(self, name: str, value: Any) -> None:
+        """Store a schedule array as a float32 tensor on the device of the model's schedule."""
+        setattr(self, name, torch.as_tensor(value).detach().to(torch.float32).to(self.model.alphas_cumprod.device))
+
+    def make_schedule(self, ddim_num_steps: int, ddim_discretize: str = "uniform", ddim_eta: float = 0.0,
+                      verbose: bool = True) -> None:
+        """Select ``ddim_num_steps`` timesteps and compute alpha_t, alpha_{t-1}, sigma_t on them."""
+        if not 0 < ddim_num_steps < self.ddpm_num_timesteps:
+            # The schedule shifts every step by one, so S == T would ask for step T, past the last one.
+            raise ValueError(f"the number of DDIM steps must be between 1 and {self.ddpm_num_timesteps - 1} "
+                             f"(the model has {self.ddpm_num_timesteps} timesteps); got {ddim_num_steps}")
+        self.ddim_timesteps = make_ddim_timesteps(ddim_discretize, ddim_num_steps, self.ddpm_num_timesteps,
+                                                  verbose=verbose)
+        self.eta = ddim_eta
+        acp = self.model.alphas_cumprod.detach().cpu()
+        self.register_buffer("alphas_cumprod", acp)
+        self.register_buffer("sqrt_alphas_cumprod", acp.sqrt())
+        self.register_buffer("sqrt_one_minus_alphas_cumprod", (1.0 - acp).sqrt())
+        sigmas, alphas, alphas_prev = make_ddim_sampling_parameters(acp, self.ddim_timesteps, ddim_eta, verbose)
+        self.register_buffer("ddim_sigmas", sigmas)
+        self.register_buffer("ddim_alphas", alphas)
+        self.register_buffer("ddim_alphas_prev", alphas_prev)
+        self.register_buffer("ddim_sqrt_one_minus_alphas", (1.0 - alphas).sqrt())
+        acp_prev = self.model.alphas_cumprod_prev.detach().cpu()
+        self.register_buffer("ddim_sigmas_for_original_num_steps",
+                             ddim_eta * ((1 - acp_prev) / (1 - acp) * (1 - acp / acp_prev)).sqrt())
 
     @torch.no_grad()
-    def ddim_sampling(self, cond: Any, shape: Sequence[int], x_T: torch.Tensor | None = None,
-                      ddim_use_original_steps: bool = False, callback: Callable | None = None,
-                      timesteps: int | np.ndarray | None = None, quantize_denoised: bool = False,
-                      mask: torch.Tensor | None = None, x0: torch.Tensor | None = None,
-                      img_callback: Callable | None = None, log_every_t: int = 100, temperature: float = 1.0,
-                      noise_dropout: float = 0.0, score_corrector: Any = None, corrector_kwargs: dict | None = None,
-                      unconditional_guidance_scale: float = 1.0, unconditional_conditioning: Any = None,
-                      verbose: bool = True):
-        """The DDIM loop from x_T (fresh noise when None); returns (x_0, intermediates)."""
-        def step(img, ts, index, i, time_range):
-            return self.p_sample_ddim(img, cond, ts, index=index, use_original_steps=ddim_use_original_steps,
-                                      quantize_denoised=quantize_denoised, temperature=temperature,
-                                      noise_dropout=noise_dropout, score_corrector=score_corrector,
-                                      corrector_kwargs=corrector_kwargs,
-                                      unconditional_guidance_scale=unconditional_guidance_scale,
-                                      unconditional_conditioning=unconditional_conditioning)
+    def sample(self, S: int, batch_size: int, shape: Any, *args: Any, eta: float = 0.0, verbose: bool = True,
+               **kwargs: Any):
+        self.make_schedule(ddim_num_steps=S, ddim_eta=eta, verbose=verbose)
+        return super().sample(S, batch_size, shape, *args, eta=eta, verbose=verbose, **kwargs)
 
-        return self._run_loop(shape, step, x_T=x_T, ddim_use_original_steps=ddim_use_original_steps,
-                              callback=callback, timesteps=timesteps, mask=mask, x0=x0, img_callback=img_callback,
-                              log_every_t=log_every_t, verbose=verbose)
-
-    sampling_loop = ddim_sampling
-
-    @torch.no_grad()
-    def p_sample_ddim(self, x: torch.Tensor, c: Any, t: torch.Tensor, index: int, repeat_noise: bool = False,
-                      use_original_steps: bool = False, quantize_denoised: bool = False, temperature: float = 1.0,
-                      noise_dropout: float = 0.0, score_corrector: Any = None, corrector_kwargs: dict | None = None,
-                      unconditional_guidance_scale: float = 1.0, unconditional_conditioning: Any = None):
-        """One DDIM step x_t -> x_{t-1}; returns (x_{t-1}, predicted x_0)."""
-        e_t = self.get_model_output(x, t, c, unconditional_guidance_scale=unconditional_guidance_scale,
-                                    unconditional_conditioning=unconditional_conditioning,
-                                    score_corrector=score_corrector, corrector_kwargs=corrector_kwargs)
-        return self.x_prev_and_pred_x0(x, e_t, index, use_original_steps=use_original_steps,
-                                       quantize_denoised=quantize_denoised, temperature=temperature,
-                                       noise_dropout=noise_dropout, repeat_noise=repeat_noise)
+    def get_model_output(self, x: torch.Tensor, t: torch.Tensor, c: Any, unconditional_guidance_scale: float = 1.0,
+                         unconditional_conditioning: Any = None, score_corrector: Any = None,
+                         corrector_kwargs: dict | None = None) -> torch.Tensor:
+        """The network output at steps ``t``, with classifier-free guidance in one batched forward pass."""
+        return self.denoiser(c, unconditional_conditioning, unconditional_guidance_scale,
+                             score_corrector=score_corrector, corrector_kwargs=corrector_kwargs).model_output(x, t)
 
     @torch.no_grad()
     def stochastic_encode(self, x0: torch.Tensor, t: torch.Tensor, use_original_steps: bool = False,
                           noise: torch.Tensor | None = None) -> torch.Tensor:
         """Noise x_0 to DDIM step index ``t`` in one go (fast, but not an exact inversion)."""
         if use_original_steps:
-            sqrt_alphas_cumprod = self.sqrt_alphas_cumprod
-            sqrt_one_minus_alphas_cumprod = self.sqrt_one_minus_alphas_cumprod
+            sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod = self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod
         else:
-            sqrt_alphas_cumprod = torch.sqrt(self.ddim_alphas)
-            sqrt_one_minus_alphas_cumprod = self.ddim_sqrt_one_minus_alphas
-        if noise is None:
-            noise = torch.randn_like(x0)
+            sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod = self.ddim_alphas.sqrt(), self.ddim_sqrt_one_minus_alphas
+        noise = torch.randn_like(x0) if noise is None else noise
         t = t.to(sqrt_alphas_cumprod.device)
         return (extract_into_tensor(sqrt_alphas_cumprod, t, x0.shape) * x0
                 + extract_into_tensor(sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise)
@@ -79,17 +85,9 @@ class DDIMSampler(DDIMScheduleSampler):
                unconditional_conditioning: Any = None, use_original_steps: bool = False,
                verbose: bool = True) -> torch.Tensor:
         """Run DDIM from step index ``t_start`` (as given to `stochastic_encode`) down to x_0."""
-        timesteps = np.arange(self.ddpm_num_timesteps) if use_original_steps else self.ddim_timesteps
-        timesteps = timesteps[:t_start]
-        time_range = np.flip(timesteps)
-        total_steps = timesteps.shape[0]
-        logger.info("Running DDIM Sampling with %d timesteps", total_steps)
-
-        x_dec = x_latent
-        for i, step in enumerate(tqdm(time_range, desc="Decoding image", total=total_steps, disable=not verbose)):
-            index = total_steps - i - 1
-            ts = torch.full((x_latent.shape[0],), int(step), device=x_latent.device, dtype=torch.long)
-            x_dec, _ = self.p_sample_ddim(x_dec, cond, ts, index=index, use_original_steps=use_original_steps,
-                                          unconditional_guidance_scale=unconditional_guidance_scale,
-                                          unconditional_conditioning=unconditional_conditioning)
-        return x_dec
+        schedule = DiscreteSchedule(self.model.alphas_cumprod)
+        steps = np.arange(self.ddpm_num_timesteps) if use_original_steps else self.ddim_timesteps
+        end = schedule.sigmas.new_zeros(1) if use_original_steps else schedule.sigmas[:1]  # alphas_cumprod_prev[0]
+        sigmas = torch.cat([schedule.sigmas[torch.from_numpy(steps[:t_start][::-1].copy())], end])
+        denoiser = self.denoiser(cond, unconditional_conditioning, unconditional_guidance_scale)
+        return self.run(denoiser, x_latent, sigmas.tolist(), eta=self.eta, verbose=verbose)[0]

@@ -19,12 +19,11 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchvision.utils import make_grid
-from tqdm import tqdm
 
 from ldm.checkpoint import check_weights_fit, load_state_dict
+from ldm.models.diffusion.sampling import DDPMSampler
 from ldm.models.diffusion.schedule import GaussianDiffusionMixin, validate_parameterization
 from ldm.models.diffusion.wrapper import DiffusionWrapper
-from ldm.modules.diffusionmodules.util import noise_like
 from ldm.modules.ema import LitEma
 from ldm.util import count_params, instantiate_from_config
 
@@ -69,6 +68,8 @@ def drop_ignored_keys(sd: dict[str, torch.Tensor], ignore_keys: Sequence[str] | 
 
 class DDPM(GaussianDiffusionMixin, pl.LightningModule):
     """Classic DDPM with Gaussian diffusion in image space (fixed variance schedule)."""
+
+    shorten_cond_schedule = False  # a diffused conditioning (LatentDiffusion with num_timesteps_cond > 1)
 
     def __init__(
         self,
@@ -176,43 +177,22 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
             log_info("Unexpected Keys: %s", unexpected)
 
     # ------------------------------------------------------------------ reverse process
-    def p_mean_variance(self, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool):
-        """Mean and variance of p(x_{t-1} | x_t): the posterior around the network's x_0 estimate."""
-        model_out = self.model(x, t)
-        if self.parameterization == "eps":
-            x_recon = self.predict_start_from_noise(x, t=t, noise=model_out)
-        else:
-            x_recon = model_out
-        if clip_denoised:
-            x_recon.clamp_(-1.0, 1.0)
-        return self.q_posterior(x_start=x_recon, x_t=x, t=t)
+    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """The network's output (eps or x0, per ``parameterization``) for ``x_noisy`` at steps ``t``."""
+        if cond is not None:
+            raise ValueError(f"{type(self).__name__} is unconditional; got a conditioning of type {type(cond).__name__}")
+        return self.model(x_noisy, t)
 
-    @torch.no_grad()
-    def p_sample(self, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool = True,
-                 repeat_noise: bool = False) -> torch.Tensor:
-        """One ancestral step x_t -> x_{t-1} (Ho et al., Algorithm 2); no noise at t = 0."""
-        b = x.shape[0]
-        model_mean, _, model_log_variance = self.p_mean_variance(x=x, t=t, clip_denoised=clip_denoised)
-        noise = noise_like(x.shape, x.device, repeat_noise)
-        nonzero_mask = (1 - (t == 0).float()).reshape(b, *((1,) * (len(x.shape) - 1)))
-        return model_mean + nonzero_mask * (0.5 * model_log_variance).exp() * noise
+    def quantize_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """Codebook quantization of an x0 estimate; a pixel-space model has no codebook."""
+        raise ValueError(f"{type(self).__name__} has no VQ first stage to quantize with; leave quantize_x0 off")
 
     @torch.no_grad()
     def p_sample_loop(self, shape: Sequence[int], return_intermediates: bool = False, verbose: bool = True):
-        """Ancestral sampling from pure noise of ``shape``; one `torch.randn` per step, as the original."""
-        device = self.betas.device
-        b = shape[0]
-        img = torch.randn(shape, device=device)
-        intermediates = [img]
-        for i in tqdm(reversed(range(0, self.num_timesteps)), desc="Sampling t", total=self.num_timesteps,
-                      disable=not verbose):
-            img = self.p_sample(img, torch.full((b,), i, device=device, dtype=torch.long),
-                                clip_denoised=self.clip_denoised)
-            if i % self.log_every_t == 0 or i == self.num_timesteps - 1:
-                intermediates.append(img)
-        if return_intermediates:
-            return img, intermediates
-        return img
+        """Ancestral sampling from pure noise of ``shape`` (`DDPMSampler`; one `torch.randn` per step, as the original)."""
+        img, intermediates = DDPMSampler(self).sample(None, shape[0], shape[1:], verbose=verbose,
+                                                      log_every_t=self.log_every_t)
+        return (img, intermediates["x_inter"]) if return_intermediates else img
 
     @torch.no_grad()
     def sample(self, batch_size: int = 16, return_intermediates: bool = False):

@@ -39,6 +39,12 @@ class FirstStageMixin:
                             f"got {type(encoder_posterior).__name__}")
         return self.scale_factor * z
 
+    def quantize_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """``z`` snapped to the codebook of a VQ first stage (an x0 estimate quantized while sampling)."""
+        if not isinstance(self.first_stage_model, VQModelInterface):
+            raise ValueError(f"quantize_x0 needs a VQ first stage; got {type(self.first_stage_model).__name__}")
+        return self.first_stage_model.quantize(z)[0]
+
     def _patch_distributed(self) -> bool:
         return self.split_input_params is not None and bool(self._split_param("patch_distributed_vq"))
 

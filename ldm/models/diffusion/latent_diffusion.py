@@ -14,15 +14,13 @@ import torch
 import torch.distributed as dist
 from einops import rearrange
 from torch import nn
-from tqdm import tqdm
 
 from ldm.models.diffusion.conditioning import ConditioningMixin
-from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.ddpm_module import DDPM, log_info
+from ldm.models.diffusion.sampling import DDPMSampler, make_sampler, scaled_noise
 from ldm.models.diffusion.first_stage import FirstStageMixin
 from ldm.models.diffusion.image_logging import LatentImageLoggingMixin
 from ldm.models.diffusion.patches import PatchwiseMixin
-from ldm.modules.diffusionmodules.util import noise_like
 from ldm.util import UNCONDITIONAL_SENTINEL
 
 #: ``cond_stage_key`` values whose conditioning is an image cropped alongside the latent in patch-wise mode.
@@ -321,52 +319,6 @@ class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, Latent
         return loss, loss_dict
 
     # ------------------------------------------------------------------ ancestral sampling
-    def p_mean_variance(self, x: torch.Tensor, c: Any, t: torch.Tensor, clip_denoised: bool,
-                        return_codebook_ids: bool = False, quantize_denoised: bool = False, return_x0: bool = False,
-                        score_corrector: Any = None, corrector_kwargs: dict | None = None):
-        """Mean and variance of p(x_{t-1} | x_t, c); with ``return_x0`` also the x_0 estimate."""
-        if return_codebook_ids:
-            raise ValueError("return_codebook_ids is not supported (the original dropped it); got True")
-        model_out = self.apply_model(x, t, c)
-        if score_corrector is not None:
-            if self.parameterization != "eps":
-                raise ValueError(f"score_corrector needs parameterization 'eps'; got {self.parameterization!r}")
-            model_out = score_corrector.modify_score(self, model_out, x, t, c, **(corrector_kwargs or {}))
-
-        if self.parameterization == "eps":
-            x_recon = self.predict_start_from_noise(x, t=t, noise=model_out)
-        else:
-            x_recon = model_out
-        if clip_denoised:
-            x_recon.clamp_(-1.0, 1.0)
-        if quantize_denoised:
-            x_recon, _, _ = self.first_stage_model.quantize(x_recon)
-        model_mean, posterior_variance, posterior_log_variance = self.q_posterior(x_start=x_recon, x_t=x, t=t)
-        if return_x0:
-            return model_mean, posterior_variance, posterior_log_variance, x_recon
-        return model_mean, posterior_variance, posterior_log_variance
-
-    @torch.no_grad()
-    def p_sample(self, x: torch.Tensor, c: Any, t: torch.Tensor, clip_denoised: bool = False,
-                 repeat_noise: bool = False, return_codebook_ids: bool = False, quantize_denoised: bool = False,
-                 return_x0: bool = False, temperature: float = 1.0, noise_dropout: float = 0.0,
-                 score_corrector: Any = None, corrector_kwargs: dict | None = None):
-        """One ancestral step x_t -> x_{t-1} (with ``return_x0`` also the x_0 estimate)."""
-        b = x.shape[0]
-        outputs = self.p_mean_variance(x=x, c=c, t=t, clip_denoised=clip_denoised,
-                                       return_codebook_ids=return_codebook_ids, quantize_denoised=quantize_denoised,
-                                       return_x0=return_x0, score_corrector=score_corrector,
-                                       corrector_kwargs=corrector_kwargs)
-        model_mean, _, model_log_variance = outputs[:3]
-        noise = noise_like(x.shape, x.device, repeat_noise) * temperature
-        if noise_dropout > 0.0:
-            noise = torch.nn.functional.dropout(noise, p=noise_dropout)
-        nonzero_mask = (1 - (t == 0).float()).reshape(b, *((1,) * (len(x.shape) - 1)))  # no noise at t = 0
-        x_prev = model_mean + nonzero_mask * (0.5 * model_log_variance).exp() * noise
-        if return_x0:
-            return x_prev, outputs[3]
-        return x_prev
-
     def _noisy_cond(self, cond: Any, ts: torch.Tensor) -> Any:
         """With a shortened conditioning schedule, the conditioning diffused to level ``cond_ids[ts]``."""
         if not self.shorten_cond_schedule:
@@ -375,6 +327,39 @@ class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, Latent
             raise ValueError("num_timesteps_cond > 1 cannot be combined with conditioning_key 'hybrid'")
         tc = self.cond_ids[ts].to(cond.device)
         return self.q_sample(x_start=cond, t=tc, noise=torch.randn_like(cond))
+
+    def _ancestral(self, cond: Any, shape: Sequence[int], x_T: torch.Tensor | None, steps: int | None,
+                   verbose: bool, callback=None, img_callback=None, mask: torch.Tensor | None = None,
+                   x0: torch.Tensor | None = None, quantize_denoised: bool = False,
+                   temperature: float | Sequence[float] = 1.0, noise_dropout: float = 0.0,
+                   score_corrector: Any = None, corrector_kwargs: dict | None = None, log_every_t: int | None = None):
+        """Ancestral sampling (`DDPMSampler`) from step ``steps - 1`` down to 0; returns (img, intermediates).
+
+        ``callback(t)`` and ``img_callback(img, t)`` see the training step t; ``temperature`` may be
+        given per step.
+        """
+        if mask is not None and x0 is None:
+            raise ValueError("mask needs x0 (the known latent); got x0=None")
+        sampler = DDPMSampler(self)
+        steps = min(steps or self.num_timesteps, self.num_timesteps)
+        sigmas = sampler.sigmas(None)[self.num_timesteps - steps:]
+        denoiser = sampler.denoiser(cond, quantize_x0=quantize_denoised, score_corrector=score_corrector,
+                                    corrector_kwargs=corrector_kwargs)
+        denoiser.model_fn = lambda x, t, c: self.apply_model(x, t, self._noisy_cond(c, t))
+        temperatures = [float(temperature)] * steps if isinstance(temperature, (int, float)) else temperature
+
+        def noise(x: torch.Tensor, i: int) -> torch.Tensor:
+            return scaled_noise(temperatures[steps - 1 - i], noise_dropout)(x, i)
+
+        def hook(i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+            if callback:
+                callback(steps - 1 - i)
+            if img_callback:
+                img_callback(x, steps - 1 - i)
+
+        x = torch.randn(shape, device=self.betas.device) if x_T is None else x_T
+        return sampler.run(denoiser, x, sigmas, eta=1.0, mask=mask, x0=x0, noise=noise, hook=hook,
+                           log_every_t=log_every_t or self.log_every_t, verbose=verbose)
 
     @torch.no_grad()
     def progressive_denoising(self, cond: Any, shape: Sequence[int], verbose: bool = True, callback=None,
@@ -385,42 +370,13 @@ class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, Latent
                               x_T: torch.Tensor | None = None, start_T: int | None = None,
                               log_every_t: int | None = None):
         """Ancestral sampling that records the x_0 estimates along the way; returns (img, intermediates)."""
-        log_every_t = log_every_t or self.log_every_t
-        timesteps = self.num_timesteps
         if batch_size is not None:
-            b = batch_size
             shape = [batch_size] + list(shape)
-        else:
-            b = batch_size = shape[0]
-        img = torch.randn(shape, device=self.device) if x_T is None else x_T
-        intermediates = []
-        if cond is not None:
-            cond = _take_each(cond, batch_size)
-        if start_T is not None:
-            timesteps = min(timesteps, start_T)
-        if mask is not None and x0 is None:
-            raise ValueError("mask needs x0 (the known latent); got x0=None")
-        if isinstance(temperature, (int, float)):
-            temperature = [float(temperature)] * timesteps
-
-        for i in tqdm(reversed(range(0, timesteps)), desc="Progressive Generation", total=timesteps,
-                      disable=not verbose):
-            ts = torch.full((b,), i, device=self.device, dtype=torch.long)
-            cond = self._noisy_cond(cond, ts)
-            img, x0_partial = self.p_sample(img, cond, ts, clip_denoised=self.clip_denoised,
-                                            quantize_denoised=quantize_denoised, return_x0=True,
-                                            temperature=temperature[i], noise_dropout=noise_dropout,
-                                            score_corrector=score_corrector, corrector_kwargs=corrector_kwargs)
-            if mask is not None:
-                img_orig = self.q_sample(x0, ts)
-                img = img_orig * mask + (1.0 - mask) * img
-            if i % log_every_t == 0 or i == timesteps - 1:
-                intermediates.append(x0_partial)
-            if callback:
-                callback(i)
-            if img_callback:
-                img_callback(img, i)
-        return img, intermediates
+        cond = _take_each(cond, shape[0]) if cond is not None else None
+        img, intermediates = self._ancestral(cond, shape, x_T, start_T, verbose, callback, img_callback, mask, x0,
+                                             quantize_denoised, temperature, noise_dropout, score_corrector,
+                                             corrector_kwargs, log_every_t)
+        return img, intermediates["pred_x0"][1:]
 
     @torch.no_grad()
     def p_sample_loop(self, cond: Any, shape: Sequence[int], return_intermediates: bool = False,
@@ -429,39 +385,10 @@ class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, Latent
                       x0: torch.Tensor | None = None, img_callback=None, start_T: int | None = None,
                       log_every_t: int | None = None):
         """Ancestral sampling (Ho et al., Algorithm 2) in latent space; ``mask`` keeps known regions of ``x0``."""
-        log_every_t = log_every_t or self.log_every_t
-        device = self.betas.device
-        b = shape[0]
-        img = torch.randn(shape, device=device) if x_T is None else x_T
-        intermediates = [img]
-        if timesteps is None:
-            timesteps = self.num_timesteps
-        if start_T is not None:
-            timesteps = min(timesteps, start_T)
-        if mask is not None:
-            if x0 is None:
-                raise ValueError("mask needs x0 (the known latent); got x0=None")
-            if x0.shape[2:3] != mask.shape[2:3]:
-                raise ValueError(f"mask and x0 must have the same spatial size; got {tuple(mask.shape)} and "
-                                 f"{tuple(x0.shape)}")
-
-        for i in tqdm(reversed(range(0, timesteps)), desc="Sampling t", total=timesteps, disable=not verbose):
-            ts = torch.full((b,), i, device=device, dtype=torch.long)
-            cond = self._noisy_cond(cond, ts)
-            img = self.p_sample(img, cond, ts, clip_denoised=self.clip_denoised, quantize_denoised=quantize_denoised)
-            if mask is not None:
-                img_orig = self.q_sample(x0, ts)
-                img = img_orig * mask + (1.0 - mask) * img
-            if i % log_every_t == 0 or i == timesteps - 1:
-                intermediates.append(img)
-            if callback:
-                callback(i)
-            if img_callback:
-                img_callback(img, i)
-
-        if return_intermediates:
-            return img, intermediates
-        return img
+        steps = min(timesteps or self.num_timesteps, start_T or self.num_timesteps)
+        img, intermediates = self._ancestral(cond, shape, x_T, steps, verbose, callback, img_callback, mask, x0,
+                                             quantize_denoised, log_every_t=log_every_t)
+        return (img, intermediates["x_inter"]) if return_intermediates else img
 
     @torch.no_grad()
     def sample(self, cond: Any, batch_size: int = 16, return_intermediates: bool = False,
@@ -480,9 +407,8 @@ class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, Latent
     def sample_log(self, cond: Any, batch_size: int, ddim: bool, ddim_steps: int | None, **kwargs: Any):
         """Samples and intermediates for logging: DDIM with ``ddim_steps`` steps, or the full ancestral chain."""
         if ddim:
-            ddim_sampler = DDIMSampler(self)
             shape = (self.channels, self.image_size, self.image_size)
-            return ddim_sampler.sample(ddim_steps, batch_size, shape, cond, verbose=False, **kwargs)
+            return make_sampler("ddim", self).sample(ddim_steps, batch_size, shape, cond, verbose=False, **kwargs)
         return self.sample(cond=cond, batch_size=batch_size, return_intermediates=True, **kwargs)
 
     # ------------------------------------------------------------------ optimisation and display

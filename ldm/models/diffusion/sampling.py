@@ -1,49 +1,191 @@
-"""One place that maps a sampler name to a sampler object, and the pieces samplers share.
+"""Samplers as functions over a denoiser and a grid of noise levels, and the registry that names them.
 
-Every sampler here is built as ``Sampler(model)`` and offers the interface of the original
-``DDIMSampler``: ``.sample(S, batch_size, shape, conditioning, ..., x_T, unconditional_guidance_scale,
-unconditional_conditioning, callback, img_callback, verbose, log_every_t)`` returning
-``(samples, intermediates)``. Names, validated once by :func:`resolve_sampler_name`:
-
-- ``ddpm``: ancestral sampling over all training steps (Ho et al. 2020, Algorithm 2), the model's
-  ``p_sample_loop`` arithmetic, here with classifier-free guidance (:class:`DDPMSampler`);
-- ``ddim``: DDIM (Song et al. 2021), ``ldm.models.diffusion.ddim.DDIMSampler``;
-- ``plms``: pseudo linear multistep (Liu et al. 2022), ``ldm.models.diffusion.plms.PLMSSampler``;
-- ``dpmpp2m`` (alias ``dpm_solver++``): DPM-Solver++(2M) (Lu et al. 2022),
-  ``ldm.models.diffusion.dpm_solver.DPMSolverSampler``.
-
-Classifier-free guidance (Ho & Salimans 2021) is batched as in the original: one forward pass over
-``cat([x, x])`` with ``cat([unconditional, conditional])``, then ``e_u + s * (e_c - e_u)``.
+Every sampler is one step function with the signature ``step(model, x, sigmas, i, state, noise) ->
+(x_next, denoised)``: it takes x from noise level ``sigmas[i]`` to ``sigmas[i + 1]`` in the
+variance-exploding scale (x = x0 + sigma * eps), calling ``model(x, sigma)`` (a `Denoiser`: the x0
+prediction) as often as it needs; ``state`` is a list the sampler keeps between its steps (the history
+of a multistep method) and ``noise(x, i)`` draws the noise of step i. `sample` runs any of them;
+`inpainting` turns any of them into one that keeps a known region. Adding a sampler takes one
+function and one line in `SAMPLERS`.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm import tqdm
 
-from ldm.models.diffusion.sampling_common import (batch_size_of, check_conditioning_batch,  # noqa: F401 (re-exported)
-                                                  guided_model_output, raw_model_output)
+from ldm.models.diffusion.denoiser import Denoiser, DiscreteSchedule, batch_size_of
 from ldm.util import get_obj_from_str
 
 logger = logging.getLogger(__name__)
 
-#: Canonical sampler names and the class each one builds.
+Step = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+#: Adams-Bashforth weights of the current and the previous eps estimates, by the number of previous ones.
+ADAMS_BASHFORTH = {1: (3 / 2, -1 / 2), 2: (23 / 12, -16 / 12, 5 / 12), 3: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
+
+
+def draw_noise(x: torch.Tensor, i: int) -> torch.Tensor:
+    """Standard normal noise like ``x`` (from the global generator, so a seed fixes the samples)."""
+    return torch.randn_like(x)
+
+
+def sample(step: Step, model: Callable, x: torch.Tensor, sigmas: Sequence[float], noise: Callable = draw_noise,
+           callback: Callable | None = None, desc: str | None = None, **options: Any) -> torch.Tensor:
+    """Run ``step`` from x at ``sigmas[0]`` down to ``sigmas[-1]``; ``callback(i, x, denoised)`` after each step."""
+    sigmas = [float(s) for s in sigmas]
+    state: list = []
+    for i in tqdm(range(len(sigmas) - 1), desc=desc, disable=desc is None):
+        x, denoised = step(model, x, sigmas, i, state, noise, **options)
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+def inpainting(step: Step, mask: torch.Tensor, x0: torch.Tensor) -> Step:
+    """``step`` with the region where ``mask`` is 1 reset to ``x0`` noised to the current level before each step.
+
+    The replacement method for imputation (Song et al., ICLR 2021, "Score-Based Generative Modeling
+    through Stochastic Differential Equations", appendix I.2), as the original samplers inpaint.
+    """
+    def masked_step(model, x, sigmas, i, state, noise, **options):
+        x = mask * (x0 + sigmas[i] * torch.randn_like(x0)) + (1.0 - mask) * x
+        return step(model, x, sigmas, i, state, noise, **options)
+
+    return masked_step
+
+
+def ancestral(model, x, sigmas, i, state, noise, eta: float = 1.0):
+    """DDIM (Song et al. 2021, eq. 12, noise set by eta as in eq. 16); eta = 1 over every training step is
+    ancestral DDPM sampling (Ho et al. 2020, Algorithm 2)."""
+    s, s_next = sigmas[i], sigmas[i + 1]
+    denoised = model(x, s)
+    up = min(s_next, eta * math.sqrt(max(s_next ** 2 * (s ** 2 - s_next ** 2) / s ** 2, 0.0)))
+    z = noise(x, i)  # drawn even when unused (eta = 0), as by the original, so a seed gives its images
+    return denoised + math.sqrt(s_next ** 2 - up ** 2) / s * (x - denoised) + up * z, denoised
+
+
+def plms(model, x, sigmas, i, state, noise):
+    """PLMS (Liu et al. 2022, "Pseudo Numerical Methods for Diffusion Models on Manifolds"): Adams-Bashforth
+    on eps over the last four steps, a pseudo improved-Euler (Heun) first step."""
+    s, s_next = sigmas[i], sigmas[i + 1]
+    eps = (x - model(x, s)) / s
+    noise(x, i)  # the original draws (unused) noise once per DDIM update; kept so a seed gives its images
+    if not state:
+        noise(x, i)
+        x_euler = x + (s_next - s) * eps
+        eps_prime = eps if s_next == 0 else (eps + (x_euler - model(x_euler, s_next)) / s_next) / 2
+    else:
+        eps_prime = sum(w * e for w, e in zip(ADAMS_BASHFORTH[len(state)], [eps, *reversed(state)]))
+    state[:] = [*state[-2:], eps]
+    return x + (s_next - s) * eps_prime, x - s * eps_prime
+
+
+def dpmpp(model, x, sigmas, i, state, noise, order: int = 2, lower_order_final: bool = False):
+    """DPM-Solver++(2M) and (3M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2 and its third-order
+    multistep analogue): exponential integrators in the half log-SNR lambda = -log sigma."""
+    s, s_next = sigmas[i], sigmas[i + 1]
+    denoised = model(x, s)
+    history = state[-(order - 1):] if order > 1 and not (lower_order_final and i == len(sigmas) - 2) else []
+    state.append((math.log(s), denoised))
+    if s_next == 0:  # lambda = inf: the first-order step, x = denoised, is all there is
+        return denoised, denoised
+    h = math.log(s / s_next)
+    x_next = (s_next / s) * x - math.expm1(-h) * denoised
+    if len(history) == 1 and order == 2:  # Lu et al. 2022, Algorithm 2
+        r = (history[0][0] - math.log(s)) / h
+        x_next = x_next - math.expm1(-h) * (denoised - history[0][1]) / (2 * r)
+    elif history:  # Taylor terms h^2 / 2 D' and h^3 / 6 D'' from divided differences in lambda
+        lam = [-math.log(s)] + [-ls for ls, _ in reversed(history)]
+        ds = [denoised] + [d for _, d in reversed(history)]
+        d1 = (ds[0] - ds[1]) / (lam[0] - lam[1])
+        c2 = h + math.expm1(-h)  # integral of e^(tau - h) tau over [0, h]
+        if len(history) == 1:
+            x_next = x_next + c2 * d1
+        else:
+            d2 = (d1 - (ds[1] - ds[2]) / (lam[1] - lam[2])) / (lam[0] - lam[2])
+            x_next = x_next + c2 * (d1 + d2 * (lam[0] - lam[1])) + 2 * (h ** 2 / 2 - c2) * d2
+    return x_next, denoised
+
+
+def unipc(model, x, sigmas, i, state, noise, order: int = 3, lower_order_final: bool = False):
+    """UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework", Algorithms 1-2, B(h) =
+    e^h - 1): the UniP-p predictor, and the UniC corrector that reuses the next evaluation (no extra one)."""
+    s, s_next = sigmas[i], sigmas[i + 1]
+    denoised = model(x, s)
+    if state and state[-1][2] is not None:  # correct x_i with the evaluation at the predicted x_i
+        x_base, b_h, corr_res, rho, d_prev, pred_res = state[-1][2]
+        x = x - b_h * (corr_res + rho * (denoised - d_prev) - pred_res)
+    history = [(lam, d) for lam, d, _ in state[-(order - 1):]] if order > 1 else []
+    state.append([-math.log(s), denoised, None])
+    if s_next == 0:
+        return denoised, denoised
+    p = min(order, i + 1, len(sigmas) - 1 - i) if lower_order_final else min(order, i + 1)
+    history = history[len(history) - (p - 1):] if p > 1 else []
+    h = math.log(s / s_next)
+    rks = [(lam - (-math.log(s))) / h for lam, _ in reversed(history)] + [1.0]
+    d1s = [(d - denoised) / rk for (_, d), rk in zip(reversed(history), rks)]
+    b_h = math.expm1(-h)
+    h_phi, factorial, b = math.expm1(-h) / -h - 1, 1, []
+    for k in range(1, p + 1):
+        b.append(h_phi * factorial / b_h)
+        factorial *= k + 1
+        h_phi = h_phi / -h - 1 / factorial
+    R = torch.tensor([[rk ** (k - 1) for rk in rks] for k in range(1, p + 1)], dtype=torch.float64)
+    b = torch.tensor(b, dtype=torch.float64)
+    rhos_p = [0.5] if p == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1]).tolist() if p > 2 else []
+    rhos_c = [0.5] if p == 1 else torch.linalg.solve(R, b).tolist()
+    pred_res = sum(r * d for r, d in zip(rhos_p, d1s)) if d1s else 0.0
+    corr_res = sum(r * d for r, d in zip(rhos_c[:-1], d1s)) if d1s else 0.0
+    x_next = (s_next / s) * x - b_h * denoised - b_h * pred_res
+    if i < len(sigmas) - 2:  # the last step goes uncorrected: correcting it would cost one more evaluation
+        state[-1][2] = (None, b_h, corr_res, rhos_c[-1], denoised, pred_res)
+    return x_next, denoised
+
+
+def heun(model, x, sigmas, i, state, noise):
+    """Heun's second-order method (Karras et al. 2022, Algorithm 1 without churn); Euler for a step to sigma = 0."""
+    s, s_next = sigmas[i], sigmas[i + 1]
+    denoised = model(x, s)
+    d = (x - denoised) / s
+    x_next = x + (s_next - s) * d
+    if s_next == 0:
+        return x_next, denoised
+    return x + (s_next - s) * (d + (x_next - model(x_next, s_next)) / s_next) / 2, denoised
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A registered sampler: its step function, default grid and fixed options, and the class that adapts it."""
+
+    step: Step
+    spacing: str  # default grid (see DiscreteSchedule.grid)
+    options: dict = field(default_factory=dict)
+    takes_eta: bool = False  # stochastic with eta > 0
+    adapter: str = "ldm.models.diffusion.sampling.Sampler"
+
+
+#: The samplers by name.
 SAMPLERS = {
-    "ddpm": "ldm.models.diffusion.sampling.DDPMSampler",
-    "ddim": "ldm.models.diffusion.ddim.DDIMSampler",
-    "plms": "ldm.models.diffusion.plms.PLMSSampler",
-    "dpmpp2m": "ldm.models.diffusion.dpm_solver.DPMSolverSampler",
+    "ddpm": SamplerSpec(ancestral, "all", takes_eta=True, adapter="ldm.models.diffusion.sampling.DDPMSampler"),
+    "ddim": SamplerSpec(ancestral, "ddim", takes_eta=True, adapter="ldm.models.diffusion.ddim.DDIMSampler"),
+    "plms": SamplerSpec(plms, "ddim", adapter="ldm.models.diffusion.plms.PLMSSampler"),
+    "dpmpp2m": SamplerSpec(dpmpp, "logSNR", adapter="ldm.models.diffusion.dpm_solver.DPMSolverSampler"),
+    "dpmpp3m": SamplerSpec(dpmpp, "log_sigma", {"order": 3}),
+    "unipc": SamplerSpec(unipc, "log_sigma"),
+    "euler_karras": SamplerSpec(ancestral, "karras", {"eta": 0.0}),
+    "heun_karras": SamplerSpec(heun, "karras"),
 }
 #: Other spellings accepted on the command line.
-SAMPLER_ALIASES = {
-    "dpm_solver++": "dpmpp2m",
-    "dpmsolver++": "dpmpp2m",
-    "dpm++2m": "dpmpp2m",
-}
-#: Samplers that are deterministic given x_T and accept only eta == 0.
-DETERMINISTIC_SAMPLERS = ("plms", "dpmpp2m")
+SAMPLER_ALIASES = {"dpm_solver++": "dpmpp2m", "dpmsolver++": "dpmpp2m", "dpm++2m": "dpmpp2m", "dpm++3m": "dpmpp3m"}
+
+
+def sampler_names() -> list[str]:
+    """Every accepted name, each canonical name followed by its aliases."""
+    return [n for name in SAMPLERS for n in [name, *(a for a, c in SAMPLER_ALIASES.items() if c == name)]]
 
 
 def resolve_sampler_name(name: str) -> str:
@@ -51,124 +193,194 @@ def resolve_sampler_name(name: str) -> str:
     key = str(name).strip().lower()
     key = SAMPLER_ALIASES.get(key, key)
     if key not in SAMPLERS:
-        allowed = ", ".join(list(SAMPLERS) + list(SAMPLER_ALIASES))
-        raise ValueError(f"unknown sampler {name!r}; allowed: {allowed}")
+        raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(sampler_names())}")
     return key
 
 
 def check_sampler_options(name: str, eta: float = 0.0) -> str:
     """Validate a sampler name together with its eta before any model is built; returns the canonical name."""
     key = resolve_sampler_name(name)
-    if key in DETERMINISTIC_SAMPLERS and eta != 0:
-        raise ValueError(f"sampler {key!r} is deterministic and takes eta=0 only; got eta={eta} "
-                         f"(use --sampler ddim for eta > 0)")
     if eta < 0:
         raise ValueError(f"eta must be >= 0; got {eta}")
+    if eta != 0 and not SAMPLERS[key].takes_eta:
+        raise ValueError(f"sampler {key!r} is deterministic and takes eta=0 only; got eta={eta} "
+                         f"(use --sampler ddim for eta > 0)")
     return key
 
 
 def make_sampler(name: str, model: torch.nn.Module) -> Any:
-    """Build the sampler called ``name`` (see :data:`SAMPLERS`) around ``model``."""
+    """The sampler called ``name`` around ``model``, with the original samplers' ``.sample(...)``."""
     key = resolve_sampler_name(name)
-    return get_obj_from_str(SAMPLERS[key], where=f"sampler {key!r}")(model)
+    return get_obj_from_str(SAMPLERS[key].adapter, where=f"sampler {key!r}")(model, name=key)
+
+
+def check_conditioning_batch(conditioning: Any, batch_size: int) -> None:
+    """Warn, as the original samplers do, when the conditioning batch differs from ``batch_size``."""
+    cbs = batch_size_of(conditioning)
+    if cbs is not None and cbs != batch_size:
+        logger.warning("got %d conditionings but batch-size is %d", cbs, batch_size)
+
+
+def guided_model_output(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Any,
+                        unconditional_conditioning: Any = None,
+                        unconditional_guidance_scale: float = 1.0) -> torch.Tensor:
+    """The model's output at VP inputs ``x`` and steps ``t`` with classifier-free guidance (see `Denoiser`)."""
+    return Denoiser(model, cond, unconditional_conditioning, unconditional_guidance_scale).model_output(x, t)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device the model's parameters (or buffers) live on."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
+    for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")
 
 
-def _unsupported(name: str, value: Any, default: Any, sampler: str) -> None:
-    if value is not default and value != default:
-        raise ValueError(f"{sampler} does not support {name}={value!r}; leave it at {default!r}")
+def scaled_noise(temperature: float = 1.0, noise_dropout: float = 0.0) -> Callable:
+    """Noise times ``temperature``, with dropout of rate ``noise_dropout`` (the original samplers' options)."""
+    def noise(x: torch.Tensor, i: int) -> torch.Tensor:
+        z = torch.randn_like(x) * temperature
+        return torch.nn.functional.dropout(z, p=noise_dropout) if noise_dropout > 0.0 else z
+
+    return noise
 
 
-class DDPMSampler:
-    """Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2) over all of the model's training steps.
+class Sampler:
+    """A registered sampler behind the original samplers' interface: ``Sampler(model).sample(S, batch_size,
+    shape, conditioning, ...)`` returns ``(samples, {"x_inter": [...], "pred_x0": [...]})``.
 
-    The arithmetic and the order of random draws are those of the original ``p_sample_loop``
-    (``randn`` for x_T, then one ``randn`` per step, none used at t = 0), so the same seed gives the
-    same samples; on top of it, classifier-free guidance in one batched forward pass.
+    Samples, ``x_T`` and the intermediates are in the model's (VP) scale; ``S`` steps follow the
+    sampler's default grid unless ``sigmas`` gives one.
     """
 
-    def __init__(self, model: torch.nn.Module):
-        self.model = model  # a DDPM or LatentDiffusion with the schedule buffers registered
+    name = "ddim"  # the registry entry
 
-    @property
-    def num_timesteps(self) -> int:
-        return int(self.model.num_timesteps)
+    def __init__(self, model: torch.nn.Module, name: str | None = None):
+        self.model = model  # a DDPM / LatentDiffusion: apply_model, parameterization and the schedule buffers
+        self.name = resolve_sampler_name(name or self.name)
+        self.spec = SAMPLERS[self.name]
 
-    def _step(self, x: torch.Tensor, t: torch.Tensor, cond: Any, uc: Any, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """One ancestral step x_t -> x_{t-1}; returns (x_{t-1}, x0 prediction)."""
-        m = self.model
-        out = guided_model_output(m, x, t, cond, uc, scale)
-        parameterization = getattr(m, "parameterization", "eps")
-        if parameterization == "eps":
-            x_recon = (_extract(m.sqrt_recip_alphas_cumprod, t, x) * x
-                       - _extract(m.sqrt_recipm1_alphas_cumprod, t, x) * out)
-        elif parameterization == "x0":
-            x_recon = out
-        else:
-            raise ValueError(f"parameterization must be 'eps' or 'x0'; got {parameterization!r}")
-        if getattr(m, "clip_denoised", True):
-            x_recon = x_recon.clamp(-1.0, 1.0)
-        mean = _extract(m.posterior_mean_coef1, t, x) * x_recon + _extract(m.posterior_mean_coef2, t, x) * x
-        log_var = _extract(m.posterior_log_variance_clipped, t, x)
-        noise = torch.randn(x.shape, device=x.device)
-        nonzero_mask = (1 - (t == 0).float()).reshape(x.shape[0], *((1,) * (x.dim() - 1)))  # no noise at t == 0
-        return mean + nonzero_mask * (0.5 * log_var).exp() * noise, x_recon
+    def sigmas(self, S: int | None) -> list[float]:
+        """The noise levels of an ``S``-step run, from the first step's to the last."""
+        if S is None:
+            raise ValueError(f"sampler {self.name!r} needs the number of steps S; got None")
+        return DiscreteSchedule(self.model.alphas_cumprod).grid(int(S), self.spec.spacing).tolist()
 
-    @torch.no_grad()
-    def sample(self, S: int | None, batch_size: int, shape: tuple[int, ...], conditioning: Any = None,
-               callback: Callable[[int], None] | None = None, normals_sequence: Any = None,
-               img_callback: Callable[[torch.Tensor, int], None] | None = None, quantize_x0: bool = False,
-               eta: float | None = None, mask: torch.Tensor | None = None, x0: torch.Tensor | None = None,
-               temperature: float = 1.0, noise_dropout: float = 0.0, score_corrector: Any = None,
-               corrector_kwargs: dict | None = None, verbose: bool = True, x_T: torch.Tensor | None = None,
-               log_every_t: int = 100, unconditional_guidance_scale: float = 1.0,
-               unconditional_conditioning: Any = None) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        """Draw ``batch_size`` samples of ``shape`` (C, H, W); ``S`` must be None or the model's step count."""
-        T = self.num_timesteps
-        if S is not None and int(S) != T:
-            raise ValueError(f"DDPM ancestral sampling runs all {T} training steps of this model; got S={S} "
-                             f"(pass S=None or S={T}, or use a sampler that skips steps: ddim, plms, dpmpp2m)")
-        for name, value, default in (("normals_sequence", normals_sequence, None), ("quantize_x0", quantize_x0, False),
-                                     ("temperature", temperature, 1.0), ("noise_dropout", noise_dropout, 0.0),
-                                     ("score_corrector", score_corrector, None),
-                                     ("corrector_kwargs", corrector_kwargs, None)):
-            _unsupported(name, value, default, "DDPMSampler")
-        if eta is not None and eta != 1.0:
-            raise ValueError(f"DDPM ancestral sampling has eta=1 by definition; got eta={eta} (use --sampler ddim)")
-        if getattr(self.model, "shorten_cond_schedule", False):
-            raise ValueError("DDPMSampler does not support num_timesteps_cond > 1 (shorten_cond_schedule)")
+    def options(self, eta: float, n: int) -> dict:
+        """The step function's options for an ``n``-step run with ``eta``."""
+        return {**self.spec.options, **({"eta": eta} if self.spec.takes_eta else {})}
+
+    def denoiser(self, cond: Any = None, uc: Any = None, scale: float = 1.0, quantize_x0: bool = False,
+                 score_corrector: Any = None, corrector_kwargs: dict | None = None) -> Denoiser:
+        return Denoiser(self.model, cond, uc, scale, denoised_fn=self.model.quantize_latent if quantize_x0 else None,
+                        score_corrector=score_corrector, corrector_kwargs=corrector_kwargs)
+
+    def check(self, eta: float, normals_sequence: Any, temperature: float, noise_dropout: float,
+              mask: torch.Tensor | None, x0: torch.Tensor | None) -> None:
+        """ValueError for an option this sampler cannot honour."""
+        check_sampler_options(self.name, eta)
+        unsupported = [("normals_sequence", normals_sequence, None)]
+        if not self.spec.takes_eta:
+            unsupported += [("temperature", temperature, 1.0), ("noise_dropout", noise_dropout, 0.0)]
+        for option, value, default in unsupported:
+            if value is not default and value != default:
+                raise ValueError(f"{type(self).__name__} does not support {option}={value!r}; leave it at {default!r}")
         if mask is not None and x0 is None:
             raise ValueError("mask given without x0: masked sampling needs the known latent x0")
+
+    @torch.no_grad()
+    def sample(self, S: int | None, batch_size: int, shape: Sequence[int], conditioning: Any = None,
+               callback: Callable | None = None, normals_sequence: Any = None, img_callback: Callable | None = None,
+               quantize_x0: bool = False, eta: float = 0.0, mask: torch.Tensor | None = None,
+               x0: torch.Tensor | None = None, temperature: float = 1.0, noise_dropout: float = 0.0,
+               score_corrector: Any = None, corrector_kwargs: dict | None = None, verbose: bool = True,
+               x_T: torch.Tensor | None = None, log_every_t: int = 100, unconditional_guidance_scale: float = 1.0,
+               unconditional_conditioning: Any = None, sigmas: Sequence[float] | None = None, **kwargs: Any):
+        """``batch_size`` samples of ``shape`` (C, H, W) in ``S`` steps; returns (samples, intermediates).
+
+        ``unconditional_conditioning`` has the form of ``conditioning`` (e.g. the encoded empty caption);
+        further keyword arguments are accepted and ignored, as by the original samplers.
+        """
+        self.check(eta, normals_sequence, temperature, noise_dropout, mask, x0)
         check_conditioning_batch(conditioning, batch_size)
+        sigmas = self.sigmas(S) if sigmas is None else [float(s) for s in sigmas]
         device = model_device(self.model)
-        size = (batch_size, *shape)
-        img = torch.randn(size, device=device) if x_T is None else x_T.to(device)
-        intermediates = {"x_inter": [img], "pred_x0": [img]}
-        steps = range(T - 1, -1, -1)
-        iterator = tqdm(steps, desc="DDPM Sampler", total=T) if verbose else steps
-        for i, step in enumerate(iterator):
-            ts = torch.full((batch_size,), step, device=device, dtype=torch.long)
-            img, pred_x0 = self._step(img, ts, conditioning, unconditional_conditioning, unconditional_guidance_scale)
-            if mask is not None:  # the original p_sample_loop re-imposes the known region after the step
-                img = self.model.q_sample(x0, ts) * mask + (1.0 - mask) * img
-            if step % log_every_t == 0 or step == 0:
-                intermediates["x_inter"].append(img)
-                intermediates["pred_x0"].append(pred_x0)
+        x = torch.randn((batch_size, *shape), device=device) if x_T is None else x_T.to(device)
+        denoiser = self.denoiser(conditioning, unconditional_conditioning, unconditional_guidance_scale, quantize_x0,
+                                 score_corrector, corrector_kwargs)
+
+        def hook(i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
             if callback is not None:
                 callback(i)
             if img_callback is not None:
-                img_callback(pred_x0, i)
-        return img, intermediates
+                img_callback(denoised, i)
+
+        return self.run(denoiser, x, sigmas, eta=eta, mask=mask, x0=x0, noise=scaled_noise(temperature, noise_dropout),
+                        hook=hook, log_every_t=log_every_t, verbose=verbose)
+
+    @torch.no_grad()
+    def img2img(self, x0: torch.Tensor, S: int | None, steps: int, conditioning: Any = None, eta: float = 0.0,
+                unconditional_guidance_scale: float = 1.0, unconditional_conditioning: Any = None,
+                verbose: bool = True) -> torch.Tensor:
+        """SDEdit (Meng et al., ICLR 2022): ``x0`` noised to the level ``steps`` steps before the end of the
+        ``S``-step grid, then sampled down from there."""
+        check_sampler_options(self.name, eta)
+        sigmas = self.sigmas(S)[-(steps + 1):]
+        x = (x0 + sigmas[0] * torch.randn_like(x0)) / math.sqrt(1.0 + sigmas[0] ** 2)
+        denoiser = self.denoiser(conditioning, unconditional_conditioning, unconditional_guidance_scale)
+        return self.run(denoiser, x, sigmas, eta=eta, verbose=verbose)[0]
+
+    def run(self, denoiser: Callable, x: torch.Tensor, sigmas: Sequence[float], eta: float = 0.0,
+            mask: torch.Tensor | None = None, x0: torch.Tensor | None = None, noise: Callable = draw_noise,
+            hook: Callable | None = None, log_every_t: int = 100,
+            verbose: bool = True) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+        """Sample from the VP ``x`` at ``sigmas[0]`` down to ``sigmas[-1]``; returns (VP samples, intermediates).
+
+        ``hook(i, x, denoised)`` sees each step's VP result; the intermediates hold x and the x0
+        prediction at every ``log_every_t``-th step from the end, and after the first step.
+        """
+        step = self.spec.step if mask is None else inpainting(self.spec.step, mask, x0)
+        n = len(sigmas) - 1
+        intermediates = {"x_inter": [x], "pred_x0": [x]}
+        out = [x]
+
+        def on_step(i: int, x_ve: torch.Tensor, denoised: torch.Tensor) -> None:
+            out[0] = x_ve / math.sqrt(1.0 + sigmas[i + 1] ** 2)
+            if (n - i - 1) % log_every_t == 0 or i == 0:
+                intermediates["x_inter"].append(out[0])
+                intermediates["pred_x0"].append(denoised)
+            if hook is not None:
+                hook(i, out[0], denoised)
+
+        sample(step, denoiser, x * math.sqrt(1.0 + sigmas[0] ** 2), sigmas, noise, on_step,
+               desc=f"{self.name} sampler" if verbose else None, **self.options(eta, n))
+        return out[0], intermediates
 
 
-def _extract(buffer: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``buffer[t]`` shaped (B, 1, ..., 1) to broadcast against ``x``."""
-    return buffer.to(x.device).gather(-1, t).reshape(t.shape[0], *((1,) * (x.dim() - 1)))
+class DDPMSampler(Sampler):
+    """Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2) over all of the model's training steps, with
+    classifier-free guidance; the same seed gives the samples of the original ``p_sample_loop``."""
+
+    name = "ddpm"
+
+    def sigmas(self, S: int | None) -> list[float]:
+        T = int(self.model.num_timesteps)
+        if S is not None and int(S) != T:
+            raise ValueError(f"DDPM ancestral sampling runs all {T} training steps of this model; got S={S} "
+                             f"(pass S=None or S={T}, or use a sampler that skips steps: ddim, plms, dpmpp2m)")
+        return DiscreteSchedule(self.model.alphas_cumprod).grid(T, "all", to_zero=True).tolist()
+
+    def denoiser(self, *args: Any, **kwargs: Any) -> Denoiser:
+        denoiser = super().denoiser(*args, **kwargs)
+        if self.model.clip_denoised:
+            quantize = denoiser.denoised_fn or (lambda x: x)
+            denoiser.denoised_fn = lambda x: quantize(x.clamp(-1.0, 1.0))
+        return denoiser
+
+    def sample(self, S: int | None, *args: Any, eta: float | None = None, **kwargs: Any):
+        if eta is not None and eta != 1.0:
+            raise ValueError(f"DDPM ancestral sampling has eta=1 by definition; got eta={eta} (use --sampler ddim)")
+        if self.model.shorten_cond_schedule:
+            raise ValueError("DDPMSampler does not support num_timesteps_cond > 1 (shorten_cond_schedule)")
+        if self.model.v_posterior != 0:
+            raise ValueError(f"ancestral sampling takes the posterior variance of v_posterior=0; got {self.model.v_posterior}")
+        return super().sample(S, *args, eta=1.0, **kwargs)

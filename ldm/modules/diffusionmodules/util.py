@@ -70,6 +70,7 @@ def make_ddim_timesteps(ddim_discr_method: str, num_ddim_timesteps: int, num_ddp
         raise ValueError(f"ddim_discr_method must be one of {', '.join(DDIM_DISCRETIZATIONS)}; "
                          f"got {ddim_discr_method!r}")
     steps_out = ddim_timesteps + 1
+    steps_out = steps_out[steps_out < num_ddpm_timesteps]  # when T % S != 0 the shift can reach step T, past the last
     if verbose:
         logger.info("Selected timesteps for ddim sampler: %s", steps_out)
     return steps_out

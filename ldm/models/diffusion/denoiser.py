@@ -1,0 +1,180 @@
+"""A discrete noise schedule and a denoiser: what every sampler works with.
+
+Samplers see the diffusion in its variance-exploding form (Karras et al. 2022, "Elucidating the Design
+Space of Diffusion-Based Generative Models", eq. 1 and Table 1): x = x0 + sigma * eps, with
+sigma_t = sqrt((1 - alphas_cumprod[t]) / alphas_cumprod[t]) for the model's discrete (VP) steps; the VP
+sample is x / sqrt(1 + sigma^2). `Denoiser` turns a model into D(x, sigma), the prediction of x0, with
+classifier-free guidance (Ho & Salimans 2021) in one batched forward pass.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ldm.modules.diffusionmodules.util import make_ddim_timesteps
+
+logger = logging.getLogger(__name__)
+
+#: Ways to place the steps of a sampler between the first and the last noise level.
+SPACINGS = ("ddim", "logSNR", "time_uniform", "time_quadratic", "log_sigma", "karras", "all")
+#: rho of the Karras et al. 2022 grid (eq. 5): the steps gather near the data.
+KARRAS_RHO = 7.0
+
+
+class DiscreteSchedule:
+    """The noise levels sigma_t of a discrete VP schedule, read from ``alphas_cumprod`` (float64, on the CPU)."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        ac = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64)  # (T,)
+        if ac.dim() != 1 or not bool(((ac > 0) & (ac < 1)).all()):
+            raise ValueError("alphas_cumprod must be a 1-d tensor with values in (0, 1)")
+        self.num_timesteps = ac.shape[0]
+        self.sigmas = ((1.0 - ac) / ac).sqrt()  # (T,) increasing in t
+        self.log_sigmas = self.sigmas.log()
+
+    @property
+    def lambda_(self) -> torch.Tensor:
+        """The half log-SNR log(alpha_t / sigma_t) of every step (decreasing in t)."""
+        return -self.log_sigmas
+
+    def sigma(self, t: float | np.ndarray | list) -> torch.Tensor:
+        """sigma at (possibly fractional) steps ``t``, interpolating log sigma linearly."""
+        t = torch.as_tensor(t, dtype=torch.float64).clamp(0, self.num_timesteps - 1)
+        lo = t.floor().long()
+        hi = torch.clamp(lo + 1, max=self.num_timesteps - 1)
+        w = t - lo
+        return ((1 - w) * self.log_sigmas[lo] + w * self.log_sigmas[hi]).exp()
+
+    def t(self, sigma: float) -> float:
+        """The (fractional) step of noise level ``sigma``; integer steps come back exactly."""
+        log_sigma = math.log(min(max(sigma, float(self.sigmas[0])), float(self.sigmas[-1])))
+        hi = int(torch.searchsorted(self.log_sigmas, torch.tensor(log_sigma, dtype=torch.float64)).clamp(1, None))
+        lo_value, hi_value = float(self.log_sigmas[hi - 1]), float(self.log_sigmas[hi])
+        t = hi - 1 + (log_sigma - lo_value) / (hi_value - lo_value)
+        return float(round(t)) if abs(t - round(t)) < 1e-6 else t
+
+    def grid(self, steps: int, spacing: str = "logSNR", to_zero: bool = False) -> torch.Tensor:
+        """``steps + 1`` decreasing noise levels from sigma_{T-1} to sigma_0 (then 0 when ``to_zero``).
+
+        ``ddim``: the original DDIM steps (every (T // steps)-th step, shifted by one; then step 0);
+        ``logSNR``, ``time_uniform``, ``time_quadratic``: integer steps evenly spaced in the half log-SNR
+        lambda = -log sigma, in t or in sqrt(t) (Lu et al. 2022); ``log_sigma``: evenly spaced in lambda,
+        not rounded to training steps (the model sees fractional steps); ``karras``: Karras et al.
+        2022, eq. 5 (rho = 7);
+        ``all``: every training step (``steps`` must be T).
+        """
+        T = self.num_timesteps
+        if spacing not in SPACINGS:
+            raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}; got {spacing!r}")
+        limit = T if spacing == "all" else T - 1
+        if not 1 <= steps <= limit:
+            raise ValueError(f"steps must be in [1, {limit}] for a model with {T} training steps; got {steps}")
+        if spacing == "all":
+            sigmas = self.sigmas.flip(0)
+        elif spacing == "ddim":
+            steps_up = make_ddim_timesteps("uniform", steps, T, verbose=False)
+            sigmas = torch.cat([self.sigmas[torch.from_numpy(steps_up[::-1].copy())], self.sigmas[:1]])
+        elif spacing == "log_sigma":
+            sigmas = torch.linspace(float(self.log_sigmas[-1]), float(self.log_sigmas[0]), steps + 1).exp()
+        elif spacing == "karras":
+            lo, hi = float(self.sigmas[0]) ** (1 / KARRAS_RHO), float(self.sigmas[-1]) ** (1 / KARRAS_RHO)
+            sigmas = torch.linspace(hi, lo, steps + 1, dtype=torch.float64) ** KARRAS_RHO
+        else:
+            sigmas = self.sigmas[integer_grid(self.lambda_, steps, spacing)]
+        return torch.cat([sigmas, sigmas.new_zeros(1)]) if to_zero else sigmas
+
+
+def integer_grid(lambdas: torch.Tensor, steps: int, spacing: str) -> list[int]:
+    """``steps + 1`` strictly decreasing integer steps from T-1 to 0, evenly spaced in lambda, t or sqrt(t).
+
+    Where rounding would repeat a step near t = 0, steps are pushed up by one so that none repeats.
+    """
+    T = int(lambdas.shape[0])
+    if spacing == "time_uniform":
+        grid = np.floor(np.linspace(T - 1, 0, steps + 1) + 0.5)  # round half up
+    elif spacing == "time_quadratic":
+        grid = np.floor(np.linspace(math.sqrt(T - 1), 0, steps + 1) ** 2 + 0.5)
+    else:
+        lam = lambdas.detach().cpu().double().numpy()
+        grid = np.abs(lam[None, :] - np.linspace(lam[-1], lam[0], steps + 1)[:, None]).argmin(axis=1)
+    grid = grid.astype(np.int64)
+    grid[0], grid[-1] = T - 1, 0
+    for i in range(steps - 1, 0, -1):  # strictly decreasing near t = 0
+        grid[i] = max(grid[i], grid[i + 1] + 1)
+    for i in range(1, steps):  # ... and below T - 1 at the top
+        grid[i] = min(grid[i], grid[i - 1] - 1)
+    return grid.tolist()
+
+
+def cat_conditioning(uc: Any, c: Any) -> Any:
+    """Batch the unconditional and conditional inputs: tensors, lists of tensors, or dicts of either."""
+    if isinstance(c, dict):
+        if not isinstance(uc, dict) or set(uc) != set(c):
+            raise ValueError(f"unconditional_conditioning must be a dict with the keys of the conditioning "
+                             f"{sorted(c)}; got {sorted(uc) if isinstance(uc, dict) else type(uc).__name__}")
+        return {k: cat_conditioning(uc[k], c[k]) for k in c}
+    if isinstance(c, list):
+        return [torch.cat([u, ci]) for u, ci in zip(uc, c)]
+    return torch.cat([uc, c])
+
+
+def batch_size_of(conditioning: Any) -> int | None:
+    """The batch size of a conditioning (tensor, list of tensors, or dict of either), None when unknown."""
+    if isinstance(conditioning, dict):
+        return batch_size_of(next(iter(conditioning.values()))) if conditioning else None
+    if isinstance(conditioning, (list, tuple)):
+        if conditioning and isinstance(conditioning[0], torch.Tensor):
+            return conditioning[0].shape[0]
+        return len(conditioning)
+    return conditioning.shape[0] if isinstance(conditioning, torch.Tensor) else None
+
+
+class Denoiser:
+    """D(x, sigma): a diffusion model's prediction of x0 at noise level sigma, guided and post-processed.
+
+    ``model`` offers ``apply_model(x, t, cond)`` (the network's eps or x0 output at step t of the VP
+    process), ``parameterization`` and ``alphas_cumprod``. With ``unconditional_conditioning`` and a
+    scale other than 1, the prediction is e_u + scale * (e_c - e_u) from one forward pass over
+    ``cat([x, x])``. ``score_corrector.modify_score`` may adjust the predicted noise; ``denoised_fn``
+    maps the x0 prediction (clamping, quantization).
+    """
+
+    def __init__(self, model: torch.nn.Module, cond: Any = None, unconditional_conditioning: Any = None,
+                 unconditional_guidance_scale: float = 1.0, denoised_fn: Callable | None = None,
+                 score_corrector: Any = None, corrector_kwargs: dict | None = None,
+                 model_fn: Callable | None = None):
+        if model.parameterization not in ("eps", "x0"):
+            raise ValueError(f"parameterization must be 'eps' or 'x0'; got {model.parameterization!r}")
+        if score_corrector is not None and model.parameterization != "eps":
+            raise ValueError(f"score_corrector needs parameterization 'eps'; got {model.parameterization!r}")
+        self.model = model
+        self.model_fn = model.apply_model if model_fn is None else model_fn  # (x, t, cond) -> network output
+        self.schedule = DiscreteSchedule(model.alphas_cumprod)
+        self.cond, self.uc, self.scale = cond, unconditional_conditioning, unconditional_guidance_scale
+        self.denoised_fn, self.score_corrector, self.corrector_kwargs = denoised_fn, score_corrector, corrector_kwargs
+
+    def model_output(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network output for VP inputs ``x`` at steps ``t``, with classifier-free guidance."""
+        if self.uc is None or self.scale == 1.0:
+            out = self.model_fn(x, t, self.cond)
+        else:
+            e_uncond, e_cond = self.model_fn(torch.cat([x] * 2), torch.cat([t] * 2),
+                                             cat_conditioning(self.uc, self.cond)).chunk(2)
+            out = e_uncond + self.scale * (e_cond - e_uncond)
+        if self.score_corrector is not None:
+            out = self.score_corrector.modify_score(self.model, out, x, t, self.cond, **(self.corrector_kwargs or {}))
+        return out
+
+    def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The x0 prediction for ``x`` (variance-exploding scale) at noise level ``sigma``."""
+        step = self.schedule.t(sigma)
+        t = torch.full((x.shape[0],), step, device=x.device,
+                       dtype=torch.long if float(step).is_integer() else x.dtype)
+        scale = 1.0 / math.sqrt(1.0 + sigma ** 2)
+        out = self.model_output(x * scale, t)
+        denoised = x - sigma * out if self.model.parameterization == "eps" else out
+        return denoised if self.denoised_fn is None else self.denoised_fn(denoised)
