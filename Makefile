@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_WORKERS ?= 2
+# Where torch and torchvision come from, when not PyPI: https://download.pytorch.org/whl/cpu for the CPU build.
+TORCH_INDEX ?=
 
 .PHONY: demo test bench clean-venv
 
@@ -18,6 +20,7 @@ bench: $(VENV)/.installed
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet torch torchvision --index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 

@@ -2,15 +2,24 @@
 # into a model folder and check what arrived: a non-empty file, an archive that unzips, the
 # checkpoint it should hold, and the config beside it that builds the model.
 
-fetch() {  # url dest
+# wget's exit statuses (wget(1), EXIT STATUS).
+WGET_STATUS=([1]="generic error" [2]="parse error" [3]="file I/O error (disk full or not writable?)"
+             [4]="network failure (no connection, or the host cannot be resolved)" [5]="SSL verification failure"
+             [6]="authentication failure" [7]="protocol error" [8]="the server answered with an error (see above)")
+
+fetch() {  # url dest: download, with the tool's own error messages on stderr; says why it failed
+  local status=0
   if command -v wget >/dev/null 2>&1; then
-    wget -q --show-progress -O "$2" "$1"
+    wget -nv --show-progress -O "$2" "$1" || status=$?
+    (( status == 0 )) || echo "wget exit status $status: ${WGET_STATUS[$status]:-unknown error}" >&2
   elif command -v curl >/dev/null 2>&1; then
-    curl -fL --progress-bar -o "$2" "$1"
+    curl -fL --progress-bar -o "$2" "$1" || status=$?  # curl prints its own reason, e.g. "(22) ... 404"
+    (( status == 0 )) || echo "curl exit status $status (see curl(1), EXIT CODES)" >&2
   else
-    echo "error: neither wget nor curl is installed" >&2
-    return 1
+    echo "neither wget nor curl is installed" >&2
+    status=1
   fi
+  return $status
 }
 
 fail() { echo "error: $*" >&2; exit 1; }
@@ -23,15 +32,23 @@ download_one() {  # name url file folder config
     echo "$name: $ckpt already present, skipped"
     return 0
   fi
+  local created=0
+  [[ -d $folder ]] || created=1
   mkdir -p "$folder"
-  echo "$name: downloading $url"
   local tmp="$folder/.$file.part"
-  fetch "$url" "$tmp" || { rm -f "$tmp"; fail "$name: download of $url failed"; }
-  [[ -s $tmp ]] || { rm -f "$tmp"; fail "$name: $url gave an empty file"; }
+  # On failure: remove what this download wrote, and the folder if it created it (it is then empty).
+  abort() {
+    rm -f "$tmp" "$folder/$file"
+    (( created )) && rmdir "$folder" 2>/dev/null
+    fail "$name: $*"
+  }
+  echo "$name: downloading $url"
+  fetch "$url" "$tmp" || abort "download of $url failed (reason above); nothing was kept"
+  [[ -s $tmp ]] || abort "$url gave an empty file"
   if [[ $file == *.zip ]]; then
     mv "$tmp" "$folder/$file"
-    unzip -tq "$folder/$file" >/dev/null || fail "$name: $folder/$file is not a valid zip archive (interrupted download?)"
-    (cd "$folder" && unzip -o -q "$file") || fail "$name: unzipping $folder/$file failed"
+    unzip -tq "$folder/$file" >/dev/null || abort "$url is not a valid zip archive (interrupted download?)"
+    (cd "$folder" && unzip -o -q "$file") || abort "unzipping $folder/$file failed"
     rm -f "$folder/$file"
   else
     mv "$tmp" "$folder/$file"

@@ -212,3 +212,93 @@ def test_retrieval_hint_names_the_flag_of_the_script(tmp_path):
     message = str(err.value)
     assert "--database at a folder" in message and "--database_root" not in message and "README" not in message
     assert "https://ommer-lab.com/files/rdm/artbench_databases.zip" in message
+
+
+# --------------------------------------------------------------------------------------------------
+# Download scripts: the reason of a failure, and nothing left behind
+# --------------------------------------------------------------------------------------------------
+
+
+def _download_one(tmp_path: Path, url: str, file: str) -> subprocess.CompletedProcess:
+    folder = tmp_path / "models" / "ldm" / "new_model"
+    cmd = (f"set -euo pipefail; source {REPO / 'scripts' / 'download_common.sh'}; "
+           f"download_one new_model {url} {file} {folder} {tmp_path / 'config.yaml'}")
+    return subprocess.run(["bash", "-c", cmd], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="the download scripts are bash scripts")
+def test_failed_download_says_why_and_leaves_no_folder(tmp_path):
+    proc = _download_one(tmp_path, "http://127.0.0.1:9/model.zip", "model.zip")  # port 9: nothing listens
+    assert proc.returncode == 1
+    assert "Connection refused" in proc.stderr or "Failed to connect" in proc.stderr, proc.stderr
+    assert "download of http://127.0.0.1:9/model.zip failed" in proc.stderr
+    assert not (tmp_path / "models" / "ldm" / "new_model").exists()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="the download scripts are bash scripts")
+def test_broken_archive_is_reported_and_removed(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "model.zip").write_bytes(b"this is not a zip archive")
+    server = subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"], cwd=served,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = server.stdout.readline()  # "Serving HTTP on 127.0.0.1 port 12345 (...)"
+        port = int(line.split(" port ")[1].split()[0])
+        proc = _download_one(tmp_path, f"http://127.0.0.1:{port}/model.zip", "model.zip")
+        missing = _download_one(tmp_path, f"http://127.0.0.1:{port}/absent.zip", "model.zip")
+    finally:
+        server.kill()
+        server.wait()
+    assert proc.returncode == 1 and "is not a valid zip archive" in proc.stderr, proc.stderr
+    assert not (tmp_path / "models" / "ldm" / "new_model").exists()
+    assert missing.returncode == 1 and "404" in missing.stderr, missing.stderr
+    assert "the server answered with an error" in missing.stderr or "curl exit status 22" in missing.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# Installation files
+# --------------------------------------------------------------------------------------------------
+
+
+def _setup_kwargs() -> dict:
+    """The literal keyword arguments of setup() in setup.py."""
+    import ast
+
+    tree = ast.parse((REPO / "setup.py").read_text())
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    return {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg in
+            ("name", "python_requires", "install_requires", "extras_require")}
+
+
+def test_environment_yaml_creates_the_package_env():
+    """What `conda env create -f environment.yaml` needs: a name, channels, a Python that setup.py
+    accepts, pip, and a pip section that installs this package with extras that setup.py defines."""
+    import re
+
+    import yaml
+    from packaging.specifiers import SpecifierSet
+
+    env = yaml.safe_load((REPO / "environment.yaml").read_text())
+    setup = _setup_kwargs()
+    assert set(env) <= {"name", "channels", "dependencies"} and env["name"] and env["channels"]
+    deps = env["dependencies"]
+    python = next(d for d in deps if isinstance(d, str) and d.startswith("python"))
+    version = re.fullmatch(r"python\s*=+\s*([\d.]+)\*?", python).group(1)
+    assert version in SpecifierSet(setup["python_requires"]), (python, setup["python_requires"])
+    assert "pip" in deps
+    (pip,) = [d["pip"] for d in deps if isinstance(d, dict)]
+    local = [line for line in pip if re.fullmatch(r"-e \.(\[[\w,]+\])?", line)]
+    assert local, f"the pip section must install this package (-e .); got {pip}"
+    extras = re.findall(r"\[([\w,]+)\]", local[0])
+    assert all(e in setup["extras_require"] for group in extras for e in group.split(","))
+
+
+def test_cpu_builds_of_torch_satisfy_the_requirements():
+    """The README's CPU-only install puts torch from PyTorch's CPU index first (versions like
+    2.5.1+cpu); `pip install -e .` must then keep it rather than fetch the CUDA build."""
+    from packaging.requirements import Requirement
+
+    reqs = {Requirement(r).name: Requirement(r) for r in _setup_kwargs()["install_requires"]}
+    for name, version in (("torch", "2.5.1+cpu"), ("torchvision", "0.20.1+cpu")):
+        assert reqs[name].specifier.contains(version), (name, str(reqs[name].specifier))
