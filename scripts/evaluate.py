@@ -19,13 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ldm.evaluation import settings as S  # noqa: E402
 from ldm.scripting.cli import check_positive, run_script  # noqa: E402
-from ldm.scripting.loading import choose_device  # noqa: E402
-from ldm.evaluation import metrics as M  # noqa: E402
-from ldm.evaluation.evaluate import (Settings, default_cache_dir, evaluate, format_table, parse_metrics,  # noqa: E402
-                                     write_json)
-from ldm.evaluation.inception import InceptionFeatures  # noqa: E402
-from ldm.evaluation.inputs import check_pair, open_image_set  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -39,12 +34,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--batch_size", type=int, default=64, help="images per Inception forward pass")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--isc_splits", type=int, default=M.ISC_SPLITS, help="splits of the Inception Score")
-    p.add_argument("--kid_subsets", type=int, default=M.KID_SUBSETS, help="random subsets for KID")
-    p.add_argument("--kid_subset_size", type=int, default=M.KID_SUBSET_SIZE,
+    p.add_argument("--isc_splits", type=int, default=S.ISC_SPLITS, help="splits of the Inception Score")
+    p.add_argument("--kid_subsets", type=int, default=S.KID_SUBSETS, help="random subsets for KID")
+    p.add_argument("--kid_subset_size", type=int, default=S.KID_SUBSET_SIZE,
                    help="images per KID subset (lowered to the smaller set's size when needed)")
-    p.add_argument("--prc_neighborhood", type=int, default=M.PRC_NEIGHBORHOOD, help="k of precision/recall")
-    p.add_argument("--seed", type=int, default=M.RNG_SEED, help="seed of the IS shuffle and the KID subsets")
+    p.add_argument("--prc_neighborhood", type=int, default=S.PRC_NEIGHBORHOOD, help="k of precision/recall")
+    p.add_argument("--seed", type=int, default=S.RNG_SEED, help="seed of the IS shuffle and the KID subsets")
     p.add_argument("--cache_dir", default=None,
                    help="cache of reference features (default: $LDM_EVAL_CACHE or ~/.cache/ldm/evaluation)")
     p.add_argument("--no_cache", action="store_true", help="do not read or write the reference-feature cache")
@@ -56,17 +51,23 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     opt = get_parser().parse_args(argv)
-    settings = Settings(metrics=parse_metrics(opt.metrics), isc_splits=opt.isc_splits, kid_subsets=opt.kid_subsets,
-                        kid_subset_size=opt.kid_subset_size, prc_neighborhood=opt.prc_neighborhood, seed=opt.seed)
+    metrics = S.parse_metrics(opt.metrics)
     for name in ("batch_size", "isc_splits", "kid_subsets", "kid_subset_size", "prc_neighborhood"):
         check_positive(f"--{name}", getattr(opt, name))
+    from ldm.evaluation.evaluate import Settings, evaluate, format_table, write_json
+    from ldm.evaluation.inception import InceptionFeatures
+    from ldm.evaluation.inputs import check_pair, open_image_set
+    from ldm.scripting.loading import choose_device
+
+    settings = Settings(metrics=metrics, isc_splits=opt.isc_splits, kid_subsets=opt.kid_subsets,
+                        kid_subset_size=opt.kid_subset_size, prc_neighborhood=opt.prc_neighborhood, seed=opt.seed)
     device = choose_device(opt.device)
     samples = open_image_set(opt.samples, "--samples")
     reference = open_image_set(opt.reference, "--reference") if opt.reference is not None else None
     if reference is not None:
         check_pair(samples, reference, opt.allow_size_mismatch)
     extractor = InceptionFeatures(opt.inception_weights, device=device)
-    cache_dir = None if opt.no_cache else Path(opt.cache_dir) if opt.cache_dir else default_cache_dir()
+    cache_dir = None if opt.no_cache else Path(opt.cache_dir) if opt.cache_dir else S.default_cache_dir()
     result = evaluate(samples, reference, extractor, settings, cache_dir=cache_dir, batch_size=opt.batch_size,
                       progress=not opt.no_progress)
     print(format_table(result))

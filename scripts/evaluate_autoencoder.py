@@ -19,13 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm.evaluation import zoo  # noqa: E402
-from ldm.evaluation.autoencoder import dataset_images, evaluate_autoencoder, perceptual_metric  # noqa: E402
-from ldm.evaluation.evaluate import write_json  # noqa: E402
-from ldm.evaluation.inception import InceptionFeatures  # noqa: E402
+from ldm.evaluation.settings import REGISTRY  # noqa: E402
 from ldm.scripting.cli import check_positive, run_script  # noqa: E402
-from ldm.scripting.inputs import load_config, require_file  # noqa: E402
-from ldm.scripting.loading import choose_device, load_model  # noqa: E402
 
 #: Rows of the printed table: (label, key, key of its spread, key in the registry).
 ROWS = (("rFID", "rfid", None, "rfid"), ("PSNR", "psnr", "psnr_std", "psnr"), ("SSIM", "ssim", "ssim_std", None),
@@ -46,7 +41,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips_path", default=None, help="LPIPS linear heads (vgg.pth)")
     p.add_argument("--no_rfid", action="store_true", help="skip rFID (no Inception weights needed)")
     p.add_argument("--no_lpips", action="store_true", help="skip LPIPS (no VGG weights needed)")
-    p.add_argument("--registry", default=str(zoo.REGISTRY), help="the model-zoo registry")
+    p.add_argument("--registry", default=str(REGISTRY), help="the model-zoo registry")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
@@ -58,6 +53,13 @@ def main(argv: list[str] | None = None) -> dict:
     check_positive("--batch_size", opt.batch_size)
     if opt.num_images is not None:
         check_positive("--num_images", opt.num_images)
+    from ldm.evaluation import zoo
+    from ldm.evaluation.autoencoder import dataset_images, evaluate_autoencoder, perceptual_metric
+    from ldm.evaluation.evaluate import write_json
+    from ldm.evaluation.inception import InceptionFeatures
+    from ldm.scripting.inputs import load_config, require_file
+    from ldm.scripting.loading import choose_device, load_model
+
     row = zoo.find_row(zoo.load_registry(opt.registry), opt.row, "first_stage") if opt.row else {}
     if not row and (opt.config is None or opt.ckpt is None):
         raise ValueError("give --row, or both --config and --ckpt")

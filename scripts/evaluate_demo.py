@@ -17,12 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm.evaluation.demo import DEMO_OUTDIR, evaluate_demo, find_demo_checkpoint  # noqa: E402
-from ldm.evaluation.evaluate import default_cache_dir, write_json  # noqa: E402
-from ldm.models.diffusion.sampling import SAMPLERS, check_sampler_options, resolve_sampler_name  # noqa: E402
+from ldm.evaluation.settings import DEMO_OUTDIR, default_cache_dir  # noqa: E402
+from ldm.samplers import SAMPLERS, check_sampler_options, resolve_sampler_name  # noqa: E402
 from ldm.scripting.cli import check_positive, run_script  # noqa: E402
-from ldm.scripting.inputs import require_file  # noqa: E402
-from ldm.scripting.loading import choose_device  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -49,6 +46,11 @@ def main(argv: list[str] | None = None) -> dict:
     name = resolve_sampler_name(opt.sampler)
     if name != "ddpm":
         check_sampler_options(name, opt.eta)
+    from ldm.evaluation.demo import evaluate_demo, find_demo_checkpoint
+    from ldm.evaluation.evaluate import write_json
+    from ldm.scripting.inputs import require_file
+    from ldm.scripting.loading import choose_device
+
     ckpt = require_file(opt.ckpt, "checkpoint") if opt.ckpt else find_demo_checkpoint()
     device = choose_device(opt.device)
     cache_dir = Path(opt.cache_dir) if opt.cache_dir else default_cache_dir()

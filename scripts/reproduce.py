@@ -20,14 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm.evaluation import zoo  # noqa: E402
-from ldm.evaluation.evaluate import (Settings, default_cache_dir, evaluate, format_table, parse_metrics,  # noqa: E402
-                                     plan, write_json)
-from ldm.evaluation.inception import InceptionFeatures  # noqa: E402
-from ldm.evaluation.inputs import check_pair, open_image_set  # noqa: E402
+from ldm.evaluation.settings import REGISTRY, default_cache_dir, parse_metrics  # noqa: E402
 from ldm.scripting.cli import check_positive, run_script  # noqa: E402
-from ldm.scripting.inputs import first_stage_factor, load_config, read_prompts, require_file  # noqa: E402
-from ldm.scripting.loading import choose_device, load_model  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -45,7 +39,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception_weights", default=None, help="weights-inception-2015-12-05-6726825d.pth")
     p.add_argument("--metrics", default="fid,isc,kid,prc", help="comma-separated subset of fid,isc,kid,prc")
     p.add_argument("--kid_subset_size", type=int, default=1000, help="images per KID subset")
-    p.add_argument("--registry", default=str(zoo.REGISTRY), help="the model-zoo registry")
+    p.add_argument("--registry", default=str(REGISTRY), help="the model-zoo registry")
     p.add_argument("--cache_dir", default=None, help="reference-feature cache")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
@@ -54,6 +48,13 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict | None:
     opt = get_parser().parse_args(argv)
+    from ldm.evaluation import zoo
+    from ldm.evaluation.evaluate import Settings, evaluate, format_table, plan, write_json
+    from ldm.evaluation.inception import InceptionFeatures
+    from ldm.evaluation.inputs import check_pair, open_image_set
+    from ldm.scripting.inputs import first_stage_factor, load_config, read_prompts, require_file
+    from ldm.scripting.loading import choose_device, load_model
+
     registry = zoo.load_registry(opt.registry)
     if opt.list:
         for row in registry["ldm"]:

@@ -16,22 +16,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm.evaluation import shapes  # noqa: E402
-from ldm.evaluation.demo import (DEMO_OUTDIR, decoded_size, find_demo_checkpoint, load_demo_model, real_floor,  # noqa: E402
-                                 reference_images, sample_classes, score_samples)
-from ldm.evaluation.evaluate import default_cache_dir  # noqa: E402
-from ldm.evaluation.study import DEFAULT_STEPS, plot_study, run_study, study_points  # noqa: E402
-from ldm.models.diffusion.sampling import SAMPLERS  # noqa: E402
+from ldm.evaluation.settings import DEMO_OUTDIR, STUDY_STEPS, default_cache_dir  # noqa: E402
+from ldm.samplers import SAMPLERS  # noqa: E402
 from ldm.scripting.cli import check_positive, run_script  # noqa: E402
-from ldm.scripting.inputs import require_file  # noqa: E402
-from ldm.scripting.loading import choose_device  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=None, help="demo LDM checkpoint (default: newest under outputs/demo/logs)")
     p.add_argument("--samplers", nargs="+", default=None, help=f"samplers to study (default: all of {', '.join(SAMPLERS)})")
-    p.add_argument("--steps", nargs="+", type=int, default=list(DEFAULT_STEPS), help="step counts")
+    p.add_argument("--steps", nargs="+", type=int, default=list(STUDY_STEPS), help="step counts")
     p.add_argument("--scale", type=float, default=3.0, help="classifier-free guidance scale")
     p.add_argument("--n_per_class", type=int, default=32, help="samples per class and point")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (the same for every point)")
@@ -47,6 +41,13 @@ def main(argv: list[str] | None = None) -> dict:
     for s in opt.steps:
         check_positive("--steps", s)
     check_positive("--n_per_class", opt.n_per_class)
+    from ldm.evaluation import shapes
+    from ldm.evaluation.demo import (decoded_size, find_demo_checkpoint, load_demo_model, real_floor,
+                                     reference_images, sample_classes, score_samples)
+    from ldm.evaluation.study import plot_study, run_study, study_points
+    from ldm.scripting.inputs import require_file
+    from ldm.scripting.loading import choose_device
+
     ckpt = require_file(opt.ckpt, "checkpoint") if opt.ckpt else find_demo_checkpoint()
     device = choose_device(opt.device)
     classifier, _ = shapes.load_or_train(Path(opt.cache_dir) if opt.cache_dir else default_cache_dir(),

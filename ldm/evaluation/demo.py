@@ -22,7 +22,9 @@ from tqdm import tqdm
 from ldm.data.synthetic import CLASSES
 from ldm.evaluation import metrics as M
 from ldm.evaluation import shapes
-from ldm.models.diffusion.sampling import check_sampler_options, make_sampler, resolve_sampler_name
+from ldm.evaluation.settings import DEMO_OUTDIR
+from ldm.models.diffusion.sampling import make_sampler
+from ldm.samplers import check_sampler_options, resolve_sampler_name
 from ldm.scripting.loading import load_model
 from ldm.scripting.samplers import run_sampler
 from ldm.util import REPO_ROOT
@@ -30,7 +32,6 @@ from ldm.util import REPO_ROOT
 logger = logging.getLogger(__name__)
 
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo" / "ldm_shapes_cond.yaml"
-DEMO_OUTDIR = REPO_ROOT / "outputs" / "demo"
 
 
 def find_demo_checkpoint(outdir: str | os.PathLike = DEMO_OUTDIR) -> Path:

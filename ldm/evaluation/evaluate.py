@@ -21,6 +21,7 @@ import torch
 from ldm.evaluation import metrics as M
 from ldm.evaluation.inception import LOGIT_FEATURES, POOL_FEATURES, InceptionFeatures
 from ldm.evaluation.inputs import ImageSet
+from ldm.evaluation.settings import default_cache_dir, parse_metrics  # noqa: F401 (re-exported)
 from ldm.util import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -34,25 +35,6 @@ METRICS = {
 }
 #: Feature dimension of the Inception pool layer.
 POOL_DIM = 2048
-#: Environment variable and default folder of the reference-feature cache.
-CACHE_ENV = "LDM_EVAL_CACHE"
-
-
-def default_cache_dir() -> Path:
-    """``$LDM_EVAL_CACHE``, else ``$XDG_CACHE_HOME/ldm/evaluation`` (``~/.cache/ldm/evaluation``)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "ldm" / "evaluation"
-
-
-def parse_metrics(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """``"fid,isc"`` -> ("fid", "isc"); ValueError naming an unknown metric."""
-    names = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    unknown = [n for n in names if n not in METRICS]
-    if unknown or not names:
-        raise ValueError(f"--metrics must be a comma-separated list of {', '.join(METRICS)}; got {spec!r}")
-    return tuple(dict.fromkeys(names))
 
 
 @dataclass

@@ -20,14 +20,9 @@ import logging
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
+from ldm.evaluation.settings import ISC_SPLITS, KID_SUBSET_SIZE, KID_SUBSETS, PRC_NEIGHBORHOOD, RNG_SEED
 
-#: Defaults of torch-fidelity (and of ADM's evaluator for k).
-ISC_SPLITS = 10
-KID_SUBSETS = 100
-KID_SUBSET_SIZE = 1000
-PRC_NEIGHBORHOOD = 3
-RNG_SEED = 2020
+logger = logging.getLogger(__name__)
 
 
 def _tensor(features) -> torch.Tensor:

@@ -16,13 +16,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from ldm.models.diffusion.sampling import SAMPLERS
+from ldm.samplers import SAMPLERS
 from ldm.util import atomic_path
 
 logger = logging.getLogger(__name__)
 
-#: Sampler steps of the study (DDPM ignores them).
-DEFAULT_STEPS = (5, 10, 20, 50, 100)
 
 
 def study_points(samplers: list[str] | None, steps: tuple[int, ...], ddpm_steps: int) -> list[tuple[str, int]]:

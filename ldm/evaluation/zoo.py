@@ -20,13 +20,14 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from ldm.models.diffusion.sampling import check_sampler_options, make_sampler, resolve_sampler_name
+from ldm.models.diffusion.sampling import make_sampler
+from ldm.samplers import check_sampler_options, resolve_sampler_name
 from ldm.scripting.samplers import run_sampler
-from ldm.util import REPO_ROOT, atomic_path, resolve_path
+from ldm.evaluation.settings import REGISTRY
+from ldm.util import atomic_path, resolve_path
 
 logger = logging.getLogger(__name__)
 
-REGISTRY = REPO_ROOT / "models" / "model_zoo.yaml"
 #: Row kinds that reproduce.py can sample.
 SAMPLED_KINDS = ("unconditional", "class", "text")
 #: Table columns and the registry keys of their published figures.
