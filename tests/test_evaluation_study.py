@@ -90,6 +90,8 @@ def test_predict_maps_colour_and_shape_to_classes():
     x = torch.zeros(4, 3, 16, 16)
     assert shapes.predict(model, x, CLASSES).tolist() == [CLASSES.index("green triangle")] * 4
     assert shapes.predict(model, x, ("red circle", "blue square")).tolist() == [-1] * 4
+    # the most probable of the given classes by joint colour and shape: green square beats red circle
+    assert shapes.classify(model, x, ("red circle", "green square"))["label"].tolist() == [1] * 4
     images, labels = shapes.real_images(12, "validation", size=16)
     wide = shapes.ShapesClassifier(width=8)
     result = score_samples(wide, images[:12].repeat(3, 1, 1, 1), labels.repeat(3), images.repeat(3, 1, 1, 1))

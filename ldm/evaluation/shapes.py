@@ -129,6 +129,18 @@ def predict(model: ShapesClassifier, x: torch.Tensor, classes: tuple[str, ...] =
 
 
 @torch.no_grad()
+def classify(model: ShapesClassifier, x: torch.Tensor, classes: tuple[str, ...],
+             batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Predictions for images in [-1, 1]: ``label``, the most probable of ``classes`` (joint log-probability
+    of its colour and shape); ``colour`` and ``shape``, the argmax of each head."""
+    feats = run(model, x, batch_size)
+    log_c, log_s = model.colour_head(feats).log_softmax(1), model.shape_head(feats).log_softmax(1)
+    colour_idx, shape_idx = class_parts(classes)
+    joint = log_c[:, colour_idx] + log_s[:, shape_idx]  # (N, len(classes))
+    return {"label": joint.argmax(1), "colour": log_c.argmax(1), "shape": log_s.argmax(1)}
+
+
+@torch.no_grad()
 def run(model: ShapesClassifier, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Pooled features (N, D) of images in [-1, 1], in batches."""
     return torch.cat([model.features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])

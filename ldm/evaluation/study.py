@@ -32,7 +32,7 @@ def study_points(samplers: list[str] | None, steps: tuple[int, ...], ddpm_steps:
     points = []
     for name in names:
         points += [(name, ddpm_steps)] if name == "ddpm" else [(name, s) for s in steps]
-    return points
+    return sorted(points, key=lambda p: p[1])  # cheapest first: an interrupted study has the whole low end
 
 
 def run_study(score: Callable[[str, int], dict[str, Any]], points: list[tuple[str, int]], out: str | os.PathLike,
