@@ -34,6 +34,29 @@ def choose_device(name: str | None = None) -> torch.device:
     return device
 
 
+#: The autocast dtype of each ``--precision`` (None: float32, no autocast).
+PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--precision`` on ``device`` (None for fp32); ValueError where it does not apply."""
+    if precision == "autocast":
+        precision = "fp16" if device.type == "cuda" else "bf16"
+    if precision not in PRECISION_DTYPES:
+        raise ValueError(f"--precision must be one of fp32, bf16, fp16, autocast; got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"--precision fp16 needs a CUDA device; got --device {device} (use bf16 on the CPU)")
+    return PRECISION_DTYPES[precision]
+
+
+def precision_scope(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``--precision`` on ``device`` (the weights stay float32), or nothing for fp32."""
+    dtype = autocast_dtype(precision, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (all devices): the same seed gives the same images."""
     random.seed(seed)
