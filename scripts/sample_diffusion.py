@@ -162,6 +162,7 @@ def run(model: torch.nn.Module, sampler_name: str, imglogdir: str, numpylogdir: 
     shape = [model.model.diffusion_model.in_channels, model.model.diffusion_model.image_size,
              model.model.diffusion_model.image_size]
     sampler = make_sampler(sampler_name, model)
+    device = next(model.parameters()).device
     tstart = time.time()
     n_saved = len(glob.glob(os.path.join(imglogdir, "*.png")))
     all_images = []
