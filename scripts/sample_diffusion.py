@@ -111,7 +111,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
     from ldm.scripting import loading, outputs, samplers
 
     sampler_name = samplers.resolve_sampler(opt, eta=opt.eta)
+    if sampler_name != "ddpm":
+        inputs.check_steps(config.model, opt.custom_steps, "-c/--custom_steps")
+    outputs.check_outdir(os.path.join(logdir, "samples"), flag="-l/--logdir")
     device = loading.choose_device(opt.device)
+    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
     ckpt = files.ckpt
     model, meta = loading.load_model(config, ckpt, device)
     global_step = meta.get("global_step")
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         global_step = 0
     print(f"global step: {global_step}")
 
-    run_dir = os.path.join(logdir, "samples", f"{int(global_step):08}", now)
+    run_dir = str(outputs.claim_dir(os.path.join(logdir, "samples", f"{int(global_step):08}", now)))
     imglogdir = os.path.join(run_dir, "img")
     numpylogdir = os.path.join(run_dir, "numpy")
     os.makedirs(imglogdir)
@@ -161,6 +165,7 @@ def run(model: torch.nn.Module, sampler_name: str, imglogdir: str, numpylogdir: 
     shape = [model.model.diffusion_model.in_channels, model.model.diffusion_model.image_size,
              model.model.diffusion_model.image_size]
     sampler = make_sampler(sampler_name, model)
+    device = next(model.parameters()).device
     tstart = time.time()
     n_saved = len(glob.glob(os.path.join(imglogdir, "*.png")))
     all_images = []
@@ -168,7 +173,7 @@ def run(model: torch.nn.Module, sampler_name: str, imglogdir: str, numpylogdir: 
     print(f"Running unconditional sampling for {opt.n_samples} samples")
     for i in trange(len(batch_sizes), desc="Sampling Batches (unconditional)"):
         bs = batch_sizes[i]
-        with torch.no_grad(), loading.ema_weights(model):
+        with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
             t0 = time.time()
             samples = samplers.run_sampler(sampler_name, model, opt.custom_steps, bs, shape, eta=opt.eta,
                                            sampler=sampler)
