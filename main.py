@@ -335,12 +335,18 @@ def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, 
     return callbacks
 
 
+def _drop_advertisements(record: logging.LogRecord) -> bool:
+    """Lightning logs a tip about a hosted experiment tracker at the start of every fit."""
+    return "litlogger" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> None:
     # Frozen parts (a latent model's first stage, the LPIPS network) stay in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     # Raised inside Lightning's own use of torch.utils._pytree; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_drop_advertisements)
     now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
     sys.path.append(os.getcwd())
     parser = get_parser()

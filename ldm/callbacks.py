@@ -33,6 +33,9 @@ from pytorch_lightning.utilities import rank_zero_only
 from ldm.util import atomic_path
 
 logger = logging.getLogger(__name__)
+#: Progress of a run (the progress lines, the final checkpoint): a logger of its own, so that a caller
+#: such as the demo can show these lines and silence the rest.
+progress_logger = logging.getLogger(__name__ + ".progress")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -216,7 +219,7 @@ class RunCheckpoint(ModelCheckpoint):
         # (pytorch-lightning 2.x); using them keeps `last_model_path` and `save_last="link"` right.
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-            logger.info("Saved the final step %d to %s", trainer.global_step, self.last_model_path)
+            progress_logger.info("Saved the final step %d to %s", trainer.global_step, self.last_model_path)
 
 
 def _is_step_limited(trainer: pl.Trainer) -> bool:
@@ -274,7 +277,7 @@ class ProgressLog(pl.Callback):
         if trainer.is_global_zero:
             target = f"step {trainer.max_steps}" if _is_step_limited(trainer) else f"{trainer.max_epochs} epochs"
             start = f"from step {trainer.global_step}" if trainer.global_step else "from step 0"
-            logger.info("training %s to %s; progress every %gs", start, target, self.interval)
+            progress_logger.info("training %s to %s; progress every %gs", start, target, self.interval)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -282,7 +285,7 @@ class ProgressLog(pl.Callback):
         first = self._last_step == self._start_step
         done = _is_step_limited(trainer) and trainer.global_step >= trainer.max_steps
         if trainer.is_global_zero and (first or done or now - self._last_time >= self.interval):
-            logger.info(self.line(trainer, outputs, now))
+            progress_logger.info(self.line(trainer, outputs, now))
             self._last_time, self._last_step = now, trainer.global_step
 
     def line(self, trainer: pl.Trainer, outputs: Any, now: float) -> str:

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> Path:
     opt = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     # The progress lines (a terminal shows the bar instead) and the thread report.
-    for name in ("ldm.callbacks", "ldm.threads"):
+    for name in ("ldm.callbacks.progress", "ldm.threads"):
         logging.getLogger(name).setLevel(logging.INFO)
     try:
         threads = apply_threads(choose_threads(opt.threads))
