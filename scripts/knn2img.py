@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         data = [batch_size * [opt.prompt]]
     files = cli.model_files(opt)
     config = inputs.load_config(files.configs)
+    inputs.check_conditioning(config.model, ("nix",), "knn2img.py", ", ".join(map(str, files.configs)))
     h, w = inputs.latent_size(config.model, opt.H, opt.W)
     shape = [inputs.latent_channels(config.model), h, w]
     inputs.require_file(files.ckpt, "checkpoint")

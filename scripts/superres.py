@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     low_res = list_inputs(opt.input)
     files = cli.model_files(opt)
     config = inputs.load_config(files.configs)
+    inputs.check_conditioning(config.model, ("LR_image",), "superres.py", ", ".join(map(str, files.configs)))
     f = inputs.first_stage_factor(config.model)
     geometry = {}
     from PIL import Image

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise ValueError("give a --prompt or a --from-file")
     files = cli.model_files(opt)
     config = inputs.load_config(files.configs)
+    inputs.check_conditioning(config.model, ("caption",), "txt2img.py", ", ".join(map(str, files.configs)))
     h, w = inputs.latent_size(config.model, opt.H, opt.W)
     shape = [inputs.latent_channels(config.model), h, w]
     inputs.require_file(files.ckpt, "checkpoint")
