@@ -3,41 +3,24 @@ the model's device, same seed same result, classifier-free guidance, inpainting 
 callbacks, and a given x_T, on a small class-conditional LDM (20 training steps, VQ first stage)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from omegaconf import OmegaConf
+from test_dpm_solver import tiny_ldm  # noqa: F401 (the small class-conditional LDM, a module fixture)
 
-from ldm.models.diffusion.sampling import SAMPLERS, make_sampler
-from ldm.util import instantiate_from_config
+from ldm.models.diffusion.sampling import SAMPLERS, SamplerSpec, make_sampler, resolve_sampler_name, sampler_names
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
 SHAPE = (3, 8, 8)
 STEPS = 5
 NAMES = sorted(SAMPLERS)
 
 
-@pytest.fixture(scope="module")
-def model():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    m = instantiate_from_config(OmegaConf.load(CONFIGS / "tiny-cin.yaml").model).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    yield m
-    torch.set_num_threads(n)
-
-
-def steps_of(name: str, model) -> int | None:
+def steps_of(name: str) -> int | None:
     return None if name == "ddpm" else STEPS
 
 
 def draw(name: str, model, seed: int = 0, **kwargs):
     torch.manual_seed(seed)
-    return make_sampler(name, model).sample(steps_of(name, model), 2, SHAPE, verbose=False, **kwargs)
+    return make_sampler(name, model).sample(steps_of(name), 2, SHAPE, verbose=False, **kwargs)
 
 
 def conditioning(model, labels):
@@ -45,12 +28,12 @@ def conditioning(model, labels):
 
 
 def test_every_sampler_is_covered():
-    assert len(NAMES) >= 8 and {"ddpm", "ddim", "plms", "dpmpp2m", "dpmpp3m", "unipc", "euler_karras",
-                                "heun_karras"} <= set(NAMES)
+    assert {"ddpm", "ddim", "plms", "dpmpp2m", "dpmpp3m", "unipc", "unipc3", "euler_karras", "heun_karras"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_shapes_device_and_seed(name, model, monkeypatch):
+def test_shapes_device_and_seed(name, tiny_ldm, monkeypatch):
+    model = tiny_ldm
     def no_cuda(*args, **kwargs):
         raise AssertionError("a sampler moved a tensor to CUDA by itself")
 
@@ -67,7 +50,8 @@ def test_shapes_device_and_seed(name, model, monkeypatch):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_classifier_free_guidance(name, model):
+def test_classifier_free_guidance(name, tiny_ldm):
+    model = tiny_ldm
     c, uc = conditioning(model, [3, 5]), conditioning(model, [1000, 1000])
     calls = []
     apply_model = model.apply_model
@@ -102,7 +86,8 @@ def test_classifier_free_guidance(name, model):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_mask_keeps_the_known_region(name, model):
+def test_mask_keeps_the_known_region(name, tiny_ldm):
+    model = tiny_ldm
     c = conditioning(model, [3, 5])
     x0 = torch.full((2, *SHAPE), 0.7)
     mask = torch.zeros(2, 1, *SHAPE[1:])
@@ -116,7 +101,8 @@ def test_mask_keeps_the_known_region(name, model):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_callbacks_and_quantized_x0(name, model):
+def test_callbacks_and_quantized_x0(name, tiny_ldm):
+    model = tiny_ldm
     c = conditioning(model, [3, 5])
     steps, pred_x0s = [], []
     samples, _ = draw(name, model, conditioning=c, callback=steps.append,
@@ -135,7 +121,8 @@ def test_callbacks_and_quantized_x0(name, model):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_given_x_T(name, model):
+def test_given_x_T(name, tiny_ldm):
+    model = tiny_ldm
     c = conditioning(model, [3, 5])
     x_T = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(7))
     a, _ = draw(name, model, seed=0, conditioning=c, x_T=x_T)
@@ -148,14 +135,31 @@ def test_given_x_T(name, model):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_img2img_starts_from_the_noised_image(name, model):
+def test_img2img_starts_from_the_noised_image(name, tiny_ldm):
+    model = tiny_ldm
     c = conditioning(model, [3, 5])
     x0 = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(4))
     sampler = make_sampler(name, model)
-    S = steps_of(name, model)
+    S = steps_of(name)
     torch.manual_seed(0)
     light = sampler.img2img(x0, S, 1, c, verbose=False)  # one step from the lowest noise level
     torch.manual_seed(0)
     full = sampler.img2img(x0, S, len(sampler.sigmas(S)) - 1, c, verbose=False)
     assert light.shape == full.shape == x0.shape
     assert (light - x0).abs().mean() < 0.1 < (full - x0).abs().mean()
+
+
+def test_a_new_sampler_is_one_function_and_one_registry_line(tiny_ldm, monkeypatch):
+    def euler(model, x, sigmas, i, state, noise):
+        """Euler's method on the probability-flow ODE (Karras et al. 2022, eq. 4)."""
+        denoised = model(x, sigmas[i])
+        return x + (sigmas[i + 1] - sigmas[i]) * (x - denoised) / sigmas[i], denoised
+
+    monkeypatch.setitem(SAMPLERS, "euler", SamplerSpec(euler, "log_sigma"))
+    c = conditioning(tiny_ldm, [3, 5])
+    x_T = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(7))
+    ours, _ = make_sampler("euler", tiny_ldm).sample(STEPS, 2, SHAPE, conditioning=c, x_T=x_T, verbose=False)
+    ddim, _ = make_sampler("euler_karras", tiny_ldm).sample(STEPS, 2, SHAPE, conditioning=c, x_T=x_T, verbose=False,
+                                                            sigmas=make_sampler("euler", tiny_ldm).sigmas(STEPS))
+    assert torch.allclose(ours, ddim, atol=1e-5)  # Euler is the DDIM update (eta 0) on the same grid
+    assert "euler" in sampler_names() and resolve_sampler_name("EULER") == "euler"

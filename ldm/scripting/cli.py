@@ -12,14 +12,13 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+from ldm.samplers import sampler_names
 from ldm.threads import apply_threads, choose_threads
 
 #: Seed used when a script is not given one, so that runs repeat by default.
 DEFAULT_SEED = 42
-#: The names ``--sampler`` accepts: the registry ``ldm.models.diffusion.sampling.SAMPLERS`` and its
-#: aliases (repeated here so that ``--help`` need not import torch; a test keeps the two equal).
-SAMPLER_NAMES = ("ddpm", "ddim", "plms", "dpmpp2m", "dpm_solver++", "dpmsolver++", "dpm++2m", "dpmpp3m", "dpm++3m",
-                 "unipc", "euler_karras", "heun_karras")
+#: The names ``--sampler`` accepts: the registry ``ldm.samplers.SAMPLERS`` and its aliases.
+SAMPLER_NAMES = tuple(sampler_names())
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, config: str | None, ckpt: str | None,

@@ -53,7 +53,7 @@ class DPMSolverSampler(Sampler):
 
     name = "dpmpp2m"
 
-    def __init__(self, model: torch.nn.Module, order: int = 2, lower_order_final: bool = True,
+    def __init__(self, model: torch.nn.Module, order: int = 2, lower_order_final: bool = False,
                  skip_type: str = "logSNR", name: str | None = None):
         if order not in (1, 2):
             raise ValueError(f"order must be 1 (DDIM) or 2 (DPM-Solver++(2M)); got {order}")
@@ -61,7 +61,7 @@ class DPMSolverSampler(Sampler):
             raise ValueError(f"skip_type must be one of {', '.join(SKIP_TYPES)}; got {skip_type!r}")
         super().__init__(model, name)
         self.order = order  # 2: multistep second order; 1: the first-order update, i.e. DDIM
-        self.lower_order_final = lower_order_final  # first-order last step when fewer than 10 steps
+        self.lower_order_final = lower_order_final  # first-order last step when fewer than 10 steps (less accurate)
         self.skip_type = skip_type  # how the S steps are spread over the training steps
         self.schedule = NoiseScheduleVP(model.alphas_cumprod)
 

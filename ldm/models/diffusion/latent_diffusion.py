@@ -338,8 +338,6 @@ class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, Latent
         ``callback(t)`` and ``img_callback(img, t)`` see the training step t; ``temperature`` may be
         given per step.
         """
-        if mask is not None and x0 is None:
-            raise ValueError("mask needs x0 (the known latent); got x0=None")
         sampler = DDPMSampler(self)
         steps = min(steps or self.num_timesteps, self.num_timesteps)
         sigmas = sampler.sigmas(None)[self.num_timesteps - steps:]

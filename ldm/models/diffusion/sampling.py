@@ -6,19 +6,20 @@ variance-exploding scale (x = x0 + sigma * eps), calling ``model(x, sigma)`` (a 
 prediction) as often as it needs; ``state`` is a list the sampler keeps between its steps (the history
 of a multistep method) and ``noise(x, i)`` draws the noise of step i. `sample` runs any of them;
 `inpainting` turns any of them into one that keeps a known region. Adding a sampler takes one
-function and one line in `SAMPLERS`.
+function here and one line in `ldm.samplers.SAMPLERS`.
 """
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 from tqdm import tqdm
 
 from ldm.models.diffusion.denoiser import Denoiser, DiscreteSchedule, batch_size_of
+from ldm.samplers import (SAMPLER_ALIASES, SAMPLERS, SamplerSpec, check_sampler_options,  # noqa: F401 (re-exported)
+                          resolve_sampler_name, sampler_names)
 from ldm.util import get_obj_from_str
 
 logger = logging.getLogger(__name__)
@@ -157,57 +158,6 @@ def heun(model, x, sigmas, i, state, noise):
     return x + (s_next - s) * (d + (x_next - model(x_next, s_next)) / s_next) / 2, denoised
 
 
-@dataclass(frozen=True)
-class SamplerSpec:
-    """A registered sampler: its step function, default grid and fixed options, and the class that adapts it."""
-
-    step: Step
-    spacing: str  # default grid (see DiscreteSchedule.grid)
-    options: dict = field(default_factory=dict)
-    takes_eta: bool = False  # stochastic with eta > 0
-    adapter: str = "ldm.models.diffusion.sampling.Sampler"
-
-
-#: The samplers by name.
-SAMPLERS = {
-    "ddpm": SamplerSpec(ancestral, "all", takes_eta=True, adapter="ldm.models.diffusion.sampling.DDPMSampler"),
-    "ddim": SamplerSpec(ancestral, "ddim", takes_eta=True, adapter="ldm.models.diffusion.ddim.DDIMSampler"),
-    "plms": SamplerSpec(plms, "ddim", adapter="ldm.models.diffusion.plms.PLMSSampler"),
-    "dpmpp2m": SamplerSpec(dpmpp, "logSNR", adapter="ldm.models.diffusion.dpm_solver.DPMSolverSampler"),
-    "dpmpp3m": SamplerSpec(dpmpp, "log_sigma", {"order": 3}),
-    "unipc": SamplerSpec(unipc, "log_sigma"),
-    "euler_karras": SamplerSpec(ancestral, "karras", {"eta": 0.0}),
-    "heun_karras": SamplerSpec(heun, "karras"),
-}
-#: Other spellings accepted on the command line.
-SAMPLER_ALIASES = {"dpm_solver++": "dpmpp2m", "dpmsolver++": "dpmpp2m", "dpm++2m": "dpmpp2m", "dpm++3m": "dpmpp3m"}
-
-
-def sampler_names() -> list[str]:
-    """Every accepted name, each canonical name followed by its aliases."""
-    return [n for name in SAMPLERS for n in [name, *(a for a, c in SAMPLER_ALIASES.items() if c == name)]]
-
-
-def resolve_sampler_name(name: str) -> str:
-    """The canonical name for ``name``; raises ValueError listing the allowed names."""
-    key = str(name).strip().lower()
-    key = SAMPLER_ALIASES.get(key, key)
-    if key not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(sampler_names())}")
-    return key
-
-
-def check_sampler_options(name: str, eta: float = 0.0) -> str:
-    """Validate a sampler name together with its eta before any model is built; returns the canonical name."""
-    key = resolve_sampler_name(name)
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0; got {eta}")
-    if eta != 0 and not SAMPLERS[key].takes_eta:
-        raise ValueError(f"sampler {key!r} is deterministic and takes eta=0 only; got eta={eta} "
-                         f"(use --sampler ddim for eta > 0)")
-    return key
-
-
 def make_sampler(name: str, model: torch.nn.Module) -> Any:
     """The sampler called ``name`` around ``model``, with the original samplers' ``.sample(...)``."""
     key = resolve_sampler_name(name)
@@ -258,6 +208,7 @@ class Sampler:
         self.model = model  # a DDPM / LatentDiffusion: apply_model, parameterization and the schedule buffers
         self.name = resolve_sampler_name(name or self.name)
         self.spec = SAMPLERS[self.name]
+        self.step = self.spec.step if callable(self.spec.step) else globals()[self.spec.step]  # the step function
 
     def sigmas(self, S: int | None) -> list[float]:
         """The noise levels of an ``S``-step run, from the first step's to the last."""
@@ -274,8 +225,7 @@ class Sampler:
         return Denoiser(self.model, cond, uc, scale, denoised_fn=self.model.quantize_latent if quantize_x0 else None,
                         score_corrector=score_corrector, corrector_kwargs=corrector_kwargs)
 
-    def check(self, eta: float, normals_sequence: Any, temperature: float, noise_dropout: float,
-              mask: torch.Tensor | None, x0: torch.Tensor | None) -> None:
+    def check(self, eta: float, normals_sequence: Any, temperature: float, noise_dropout: float) -> None:
         """ValueError for an option this sampler cannot honour."""
         check_sampler_options(self.name, eta)
         unsupported = [("normals_sequence", normals_sequence, None)]
@@ -284,8 +234,6 @@ class Sampler:
         for option, value, default in unsupported:
             if value is not default and value != default:
                 raise ValueError(f"{type(self).__name__} does not support {option}={value!r}; leave it at {default!r}")
-        if mask is not None and x0 is None:
-            raise ValueError("mask given without x0: masked sampling needs the known latent x0")
 
     @torch.no_grad()
     def sample(self, S: int | None, batch_size: int, shape: Sequence[int], conditioning: Any = None,
@@ -300,7 +248,7 @@ class Sampler:
         ``unconditional_conditioning`` has the form of ``conditioning`` (e.g. the encoded empty caption);
         further keyword arguments are accepted and ignored, as by the original samplers.
         """
-        self.check(eta, normals_sequence, temperature, noise_dropout, mask, x0)
+        self.check(eta, normals_sequence, temperature, noise_dropout)
         check_conditioning_batch(conditioning, batch_size)
         sigmas = self.sigmas(S) if sigmas is None else [float(s) for s in sigmas]
         device = model_device(self.model)
@@ -338,7 +286,9 @@ class Sampler:
         ``hook(i, x, denoised)`` sees each step's VP result; the intermediates hold x and the x0
         prediction at every ``log_every_t``-th step from the end, and after the first step.
         """
-        step = self.spec.step if mask is None else inpainting(self.spec.step, mask, x0)
+        if mask is not None and x0 is None:
+            raise ValueError("mask given without x0: masked sampling needs the known latent x0")
+        step = self.step if mask is None else inpainting(self.step, mask, x0)
         n = len(sigmas) - 1
         intermediates = {"x_inter": [x], "pred_x0": [x]}
         out = [x]
