@@ -161,13 +161,6 @@ def test_help_imports_neither_torch_nor_the_models(name):
     assert "usage:" in proc.stdout and "heavy: []" in proc.stdout, proc.stdout[-2000:]
 
 
-def test_sampler_names_of_the_command_line_are_the_registry():
-    from ldm.models.diffusion import sampling
-
-    assert set(cli.SAMPLER_NAMES) == set(sampling.SAMPLERS) | set(sampling.SAMPLER_ALIASES), (
-        "ldm.scripting.cli.SAMPLER_NAMES must list the registry's samplers and aliases")
-
-
 # --------------------------------------------------------------------------------------------------
 # Hints that name what exists
 # --------------------------------------------------------------------------------------------------
