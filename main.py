@@ -149,7 +149,8 @@ def resolve_run_dirs(opt: argparse.Namespace, now: str) -> tuple[str, str]:
             logdir = opt.resume.rstrip("/")
             ckpt = os.path.join(logdir, "checkpoints", "last.ckpt")
             if not os.path.isfile(ckpt):
-                raise UsageError(f"cannot resume from {logdir!r}: {ckpt} does not exist")
+                what = "is a directory, not a checkpoint file" if os.path.isdir(ckpt) else "does not exist"
+                raise UsageError(f"cannot resume from {logdir!r}: {ckpt} {what}")
         base_configs = sorted(glob.glob(os.path.join(logdir, "configs", "*.yaml")))
         opt.base = base_configs + opt.base
         return logdir, ckpt
@@ -164,12 +165,15 @@ def resolve_run_dirs(opt: argparse.Namespace, now: str) -> tuple[str, str]:
 
 def build(config_files: list[str], config: DictConfig) -> Any:
     """`instantiate_from_config`, with the config files named in any error."""
+    from ldm.checkpoint import InvalidCheckpointError, UnsafeCheckpointError
     from ldm.util import ConfigError, instantiate_from_config
 
     try:
         return instantiate_from_config(config)
     except ConfigError as err:
         raise UsageError(f"config error in {', '.join(config_files)}: {err}")
+    except (InvalidCheckpointError, UnsafeCheckpointError) as err:
+        raise UsageError(f"a checkpoint named in {', '.join(config_files)} (ckpt_path) cannot be used: {err}")
 
 
 def load_configs(paths: list[str], overrides: DictConfig) -> DictConfig:
@@ -311,13 +315,14 @@ def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, 
         "learning_rate_logger": {"target": "pytorch_lightning.callbacks.LearningRateMonitor",
                                  "params": {"logging_interval": "step"}},
         "cuda_callback": {"target": "ldm.callbacks.CUDACallback"},
-        "signal_checkpoint": {"target": "ldm.callbacks.SignalCheckpoint", "params": {"ckptdir": ckptdir}},
     }
     # On a terminal, the bar; otherwise (a log file, a scheduler, CI) one line of progress every 20 seconds.
     if not output_is_terminal():
         defaults["progress_log"] = {"target": "ldm.callbacks.ProgressLog", "params": {"interval": 20}}
     elif lightning_config.trainer.get("enable_progress_bar", True):
         defaults["progress_bar"] = {"target": "ldm.callbacks.StepProgressBar"}
+    # After the progress callbacks, so that the step a stop signal ends on is reported before it stops.
+    defaults["signal_checkpoint"] = {"target": "ldm.callbacks.SignalCheckpoint", "params": {"ckptdir": ckptdir}}
     user = lightning_config.get("callbacks", OmegaConf.create())
     if "metrics_over_trainsteps_checkpoint" in user:
         defaults["metrics_over_trainsteps_checkpoint"] = {
@@ -338,6 +343,31 @@ def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, 
 def _drop_advertisements(record: logging.LogRecord) -> bool:
     """Lightning logs a tip about a hosted experiment tracker at the start of every fit."""
     return "litlogger" not in record.getMessage()
+
+
+def fit(trainer: Any, model: Any, data: Any, ckpt: str) -> None:
+    """``trainer.fit``, resuming from ``ckpt`` if given; a checkpoint that cannot be resumed, a full disk
+    and a stop on SIGTERM/SIGINT end the process with a one-line message and a non-zero status."""
+    from ldm.callbacks import DiskFullError, exit_status
+    from ldm.checkpoint import InvalidCheckpointError, UnsafeCheckpointError
+
+    try:
+        trainer.fit(model, data, ckpt_path=ckpt or None)
+    except (InvalidCheckpointError, UnsafeCheckpointError) as err:
+        raise UsageError(f"cannot resume from {ckpt}: {err}") from None
+    except RuntimeError as err:
+        if ckpt and str(err).startswith("Error(s) in loading state_dict"):
+            details = "; ".join(line.strip() for line in str(err).splitlines()[1:4])
+            raise UsageError(f"cannot resume from {ckpt}: its weights do not fit the model of this run's configs "
+                             f"({details})") from None
+        raise
+    except DiskFullError as err:
+        raise UsageError(str(err)) from None
+    except SystemExit as exc:
+        status = exit_status(exc)
+        if status is not None:
+            raise SystemExit(status) from None
+        raise
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -432,7 +462,7 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("Using base learning rate %.2e (no scaling)", base_lr)
 
     if opt.train:
-        trainer.fit(model, data, ckpt_path=ckpt or None)
+        fit(trainer, model, data, ckpt)
     if will_test and not trainer.interrupted:
         trainer.test(model, data)
 

@@ -34,6 +34,7 @@ import logging
 import os
 import pathlib
 import pickle
+import stat
 import sys
 import tarfile
 import types
@@ -158,6 +159,10 @@ def _set_stand_in_state(obj: StandIn, state: Any) -> None:
         if special:
             raise ValueError(f"the state of a {obj._stand_in_for} stand-in may not set special attributes; "
                              f"got {special}")
+        shadowing = sorted(k for k in state if k in _STAND_IN_RESERVED or k.startswith("_stand_in_"))
+        if shadowing:
+            raise ValueError(f"the state of a {obj._stand_in_for} stand-in may not set attributes that shadow "
+                             f"its methods; got {shadowing}")
         obj.__dict__.update(state)
     else:
         obj.__dict__["_stand_in_state"] = state
@@ -221,6 +226,10 @@ copyreg.pickle(_StandInMeta, lambda cls: (stand_in_class, (cls.__module__, cls._
 # --------------------------------------------------------------------------------------------------
 
 
+class _PolicyViolation(Exception):
+    """A call that the allow-list permits in principle, with arguments it does not (raised before the call)."""
+
+
 def _latin1_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
     """Stand-in for ``_codecs.encode``, which protocol-2 pickles use to rebuild ``bytes``."""
     if not isinstance(obj, str) or encoding.lower().replace("-", "").replace("_", "") not in ("latin1",
@@ -234,10 +243,242 @@ def _latin1_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") ->
 _BUILTINS = {t.__name__: t for t in (set, frozenset, list, dict, tuple, bytearray, bytes, complex, int, float,
                                       bool, str, slice, range, object)}
 
-_TORCH_REBUILD_FUNCTIONS = ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
-                            "_rebuild_parameter_with_state", "_rebuild_qtensor", "_rebuild_sparse_tensor",
-                            "_rebuild_nested_tensor", "_rebuild_meta_tensor_no_storage",
-                            "_rebuild_device_tensor_from_numpy", "_rebuild_device_tensor_from_cpu_tensor")
+#: Containers whose contents already lie in the file: copying one allocates no more than the file holds.
+_MATERIALISED = (list, tuple, dict, set, frozenset, str, bytes, bytearray)
+_SCALARS = (bool, int, float, complex, str, bytes, type(None))
+#: Longest str/bytes argument a scalar constructor (``int("...")``) may convert.
+_MAX_SCALAR_TEXT = 10_000
+#: Largest element count of the array that numpy's ``_reconstruct`` preallocates (numpy pickles use 0).
+_MAX_RECONSTRUCT_ELEMENTS = 1
+
+
+def _no_args(args: tuple, kwargs: dict) -> None:
+    if args or kwargs:
+        raise _PolicyViolation("takes no arguments")
+
+
+def _container_args(args: tuple, kwargs: dict) -> None:
+    """``list(x)``, ``dict(x)``, ...: only a copy of a container that the file itself holds."""
+    if len(args) > 1:
+        raise _PolicyViolation(f"takes at most one argument; got {len(args)}")
+    if args and not isinstance(args[0], _MATERIALISED):
+        raise _PolicyViolation(f"may only copy a list, tuple, dict, set, str or bytes held in the file; got a "
+                               f"{type(args[0]).__name__} (which could expand to any size)")
+
+
+def _bytes_args(args: tuple, kwargs: dict) -> None:
+    """``bytes(x)``/``bytearray(x)``: never from a count (``bytes(10**12)`` would allocate a terabyte)."""
+    if kwargs or len(args) > 3 or (args and not isinstance(args[0], (bytes, bytearray, str, list, tuple))) or \
+            any(not isinstance(a, str) for a in args[1:]):
+        raise _PolicyViolation("takes bytes, a str with an encoding, or a list of byte values; not a count")
+
+
+def _scalar_args(args: tuple, kwargs: dict) -> None:
+    for value in (*args, *kwargs.values()):
+        if not isinstance(value, _SCALARS):
+            raise _PolicyViolation(f"takes numbers and short strings only; got a {type(value).__name__}")
+        if isinstance(value, (str, bytes)) and len(value) > _MAX_SCALAR_TEXT:
+            raise _PolicyViolation(f"takes strings of at most {_MAX_SCALAR_TEXT} characters; got {len(value)}")
+
+
+def _int_args(args: tuple, kwargs: dict) -> None:
+    if kwargs or any(not (a is None or type(a) is int) for a in args):
+        raise _PolicyViolation("takes integers only")
+
+
+def _str_args(args: tuple, kwargs: dict) -> None:
+    if kwargs or any(not isinstance(a, str) for a in args):
+        raise _PolicyViolation("takes strings only")
+
+
+def _datetime_args(args: tuple, kwargs: dict) -> None:
+    for value in (*args, *kwargs.values()):
+        if not isinstance(value, (*_SCALARS, datetime.tzinfo, datetime.timedelta)):
+            raise _PolicyViolation(f"takes numbers, bytes and time zones only; got a {type(value).__name__}")
+
+
+_DEFAULTDICT_FACTORIES = (list, dict, set, int, float, str, tuple, collections.OrderedDict)
+
+
+def _defaultdict_args(args: tuple, kwargs: dict) -> None:
+    if kwargs or len(args) > 2 or (args and args[0] is not None and args[0] not in _DEFAULTDICT_FACTORIES):
+        raise _PolicyViolation("takes a default factory among list, dict, set, int, float, str, tuple, "
+                               "OrderedDict (or None) and optionally a dict")
+    if len(args) == 2:
+        _container_args(args[1:], {})
+
+
+def _size_args(args: tuple, kwargs: dict) -> None:
+    if kwargs or len(args) > 1 or (args and not (isinstance(args[0], (list, tuple))
+                                                 and all(type(v) is int for v in args[0]))):
+        raise _PolicyViolation("takes one list of integers")
+
+
+def _parameter_args(args: tuple, kwargs: dict) -> None:
+    if kwargs or not 1 <= len(args) <= 2 or not isinstance(args[0], torch.Tensor) or \
+            (len(args) == 2 and not isinstance(args[1], bool)):
+        raise _PolicyViolation("takes a tensor and requires_grad")
+
+
+def _element_count(size: Any) -> int:
+    if not isinstance(size, (list, tuple)) or any(type(s) is not int or s < 0 for s in size):
+        raise _PolicyViolation(f"a shape must be a tuple of non-negative integers; got {size!r}")
+    count = 1
+    for s in size:
+        count *= s
+    return count
+
+
+def _check_tensor_view(storage: Any, offset: Any, size: Any, stride: Any, dtype: torch.dtype | None = None) -> None:
+    """A tensor rebuilt from ``storage`` must lie inside it and may not repeat its memory (stride 0).
+
+    A view is not an allocation, but the first ``.contiguous()``/``.clone()`` of a 2**38-element view of a
+    4-byte storage is, so such views are refused here, where the file's own size bounds what it may make.
+    """
+    numel = _element_count(size)
+    if not isinstance(stride, (list, tuple)) or len(stride) != len(size) or \
+            any(type(s) is not int or s < 0 for s in stride):
+        raise _PolicyViolation(f"tensor strides must be {len(size)} non-negative integers; got {stride!r}")
+    if type(offset) is not int or offset < 0:
+        raise _PolicyViolation(f"a tensor's storage offset must be a non-negative integer; got {offset!r}")
+    if isinstance(storage, torch.storage.TypedStorage):
+        available = storage._size()
+    elif isinstance(storage, torch.UntypedStorage):
+        available = storage.nbytes() // (dtype.itemsize if dtype is not None else 1)
+    else:
+        raise _PolicyViolation(f"a tensor must be rebuilt from a storage; got a {type(storage).__name__}")
+    if numel == 0:
+        return
+    extent = offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1
+    if extent > available:
+        raise _PolicyViolation(f"a tensor of shape {tuple(size)} reaches element {extent - 1} of a storage of "
+                               f"{available} elements")
+    if numel > available:
+        raise _PolicyViolation(f"a tensor of shape {tuple(size)} ({numel} elements) repeats the {available} "
+                               f"elements of its storage (stride {tuple(stride)}); such tensors are not loaded")
+
+
+def _check_hooks(hooks: Any) -> None:
+    if hooks is not None and not (isinstance(hooks, dict) and not hooks):
+        raise _PolicyViolation("tensors may not carry backward hooks")
+
+
+def _check_metadata(metadata: Any) -> None:
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(k, str) and isinstance(v, bool)
+                                                                        for k, v in metadata.items())):
+        raise _PolicyViolation("tensor metadata must map names to booleans")
+
+
+def _rebuild_tensor_args(args: tuple, kwargs: dict) -> None:
+    # _rebuild_tensor(storage, storage_offset, size, stride)
+    if kwargs or len(args) != 4:
+        raise _PolicyViolation("takes storage, offset, size, stride")
+    _check_tensor_view(*args)
+
+
+def _rebuild_tensor_v2_args(args: tuple, kwargs: dict) -> None:
+    # _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None)
+    if kwargs or len(args) not in (6, 7):
+        raise _PolicyViolation("takes storage, offset, size, stride, requires_grad, hooks[, metadata]")
+    _check_tensor_view(*args[:4])
+    _check_hooks(args[5])
+    _check_metadata(args[6] if len(args) == 7 else None)
+
+
+def _rebuild_tensor_v3_args(args: tuple, kwargs: dict) -> None:
+    # _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None)
+    if kwargs or len(args) not in (7, 8) or not isinstance(args[6], torch.dtype):
+        raise _PolicyViolation("takes storage, offset, size, stride, requires_grad, hooks, dtype[, metadata]")
+    _check_tensor_view(*args[:4], dtype=args[6])
+    _check_hooks(args[5])
+    _check_metadata(args[7] if len(args) == 8 else None)
+
+
+def _rebuild_parameter_args(args: tuple, kwargs: dict) -> None:
+    # _rebuild_parameter(data, requires_grad, backward_hooks)
+    if kwargs or len(args) != 3 or not isinstance(args[0], torch.Tensor):
+        raise _PolicyViolation("takes data, requires_grad, hooks")
+    _check_hooks(args[2])
+
+
+def _rebuild_parameter_with_state_args(args: tuple, kwargs: dict) -> None:
+    # _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state): the state would set attributes
+    _rebuild_parameter_args(args[:3], kwargs)
+    if len(args) != 4 or args[3]:
+        raise _PolicyViolation("parameters with extra attribute state are not loaded")
+
+
+def _device_tensor_args(args: tuple, kwargs: dict) -> None:
+    # _rebuild_device_tensor_from_{numpy,cpu_tensor}(data, dtype, device, requires_grad)
+    if kwargs or len(args) != 4 or not isinstance(args[0], (np.ndarray, torch.Tensor)) or \
+            not isinstance(args[1], torch.dtype) or not isinstance(args[2], str):
+        raise _PolicyViolation("takes data, dtype, device, requires_grad")
+    if isinstance(args[0], np.ndarray) and args[0].dtype.hasobject:
+        raise _PolicyViolation("takes a numeric array")
+
+
+def _reconstruct_args(args: tuple, kwargs: dict) -> None:
+    # numpy's _reconstruct(subtype, shape, dtype) preallocates `shape`; BUILD then fills in the file's data
+    if kwargs or len(args) != 3 or args[0] is not np.ndarray or not isinstance(args[2], (bytes, str)):
+        raise _PolicyViolation("takes numpy.ndarray, a shape and a dtype code")
+    if _element_count(args[1]) > _MAX_RECONSTRUCT_ELEMENTS:
+        raise _PolicyViolation(f"may only preallocate an empty array; got the shape {args[1]!r}")
+
+
+def _numpy_scalar_args(args: tuple, kwargs: dict) -> None:
+    if kwargs or not 1 <= len(args) <= 2 or not isinstance(args[0], np.dtype):
+        raise _PolicyViolation("takes a dtype and its bytes")
+    if len(args) == 2 and not args[0].hasobject and not (isinstance(args[1], bytes)
+                                                         and len(args[1]) == args[0].itemsize):
+        raise _PolicyViolation(f"takes {args[0].itemsize} bytes for a {args[0]} scalar")
+
+
+def _frombuffer_args(args: tuple, kwargs: dict) -> None:
+    # numpy's _frombuffer(buffer, dtype, shape, order): a view of bytes held in the file
+    if kwargs or len(args) != 4 or not isinstance(args[0], (bytes, bytearray, pickle.PickleBuffer)) or \
+            not isinstance(args[1], np.dtype) or args[1].hasobject:
+        raise _PolicyViolation("takes bytes, a numeric dtype, a shape and an order")
+    if _element_count(args[2]) * args[1].itemsize != memoryview(args[0]).nbytes:
+        raise _PolicyViolation(f"the shape {args[2]!r} does not match the {memoryview(args[0]).nbytes} bytes given")
+
+
+def _dtype_args(args: tuple, kwargs: dict) -> None:
+    if kwargs or any(not isinstance(a, (str, bool, int)) for a in args):
+        raise _PolicyViolation("takes a dtype code and flags")
+
+
+def _stand_in_name_args(args: tuple, kwargs: dict) -> None:
+    _str_args(args, kwargs)
+    if len(args) != 2:
+        raise _PolicyViolation("takes a module and a class name")
+
+
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: tuple, state: Any) -> torch.Tensor:
+    """torch's ``_tensor._rebuild_from_type_v2`` under the allow-list: ``func`` must be an allow-listed tensor
+    rebuild function (called with its own argument checks), ``new_type`` a plain Tensor or Parameter, and no
+    attribute state is set on the result."""
+    policies = _call_policies()  # fills _TENSOR_REBUILDERS
+    if func not in _TENSOR_REBUILDERS:
+        raise _PolicyViolation(f"may only call torch's tensor rebuild functions; got {_name_of(func)}")
+    if new_type not in (torch.Tensor, torch.nn.Parameter):
+        raise _PolicyViolation(f"may only rebuild torch.Tensor or torch.nn.Parameter; got {_name_of(new_type)}")
+    if state:
+        raise _PolicyViolation("tensors with extra attribute state are not loaded")
+    if not isinstance(args, tuple):
+        raise _PolicyViolation("takes an argument tuple")
+    policies[id(func)][1](args, {})
+    result = func(*args)
+    if type(result) is not new_type:
+        result = result.as_subclass(new_type)
+    return result
+
+
+def _rebuild_from_type_args(args: tuple, kwargs: dict) -> None:
+    if kwargs or len(args) != 4:
+        raise _PolicyViolation("takes func, type, args and state")
+
+
+_TENSOR_REBUILDERS: set[Any] = set()
 
 
 @lru_cache(maxsize=1)
@@ -256,13 +497,11 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         for name in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"):
             table[mod, name] = getattr(pathlib, name)
 
-    # torch: tensor rebuilding, storages, tensor types, dtypes and friends
+    # torch: tensor rebuilding, tensor types (as values), dtypes and friends
     for name in _TORCH_REBUILD_FUNCTIONS:
-        fn = getattr(torch._utils, name, None)
-        if fn is not None:
-            table["torch._utils", name] = fn
-    table["torch._tensor", "_rebuild_from_type_v2"] = torch._tensor._rebuild_from_type_v2
-    table["torch.tensor", "_rebuild_from_type_v2"] = torch._tensor._rebuild_from_type_v2
+        table["torch._utils", name] = getattr(torch._utils, name)
+    table["torch._tensor", "_rebuild_from_type_v2"] = _rebuild_from_type_v2
+    table["torch.tensor", "_rebuild_from_type_v2"] = _rebuild_from_type_v2
     table["torch.serialization", "_get_layout"] = torch.serialization._get_layout
     table["torch.nn.parameter", "Parameter"] = torch.nn.Parameter
     table["torch", "Tensor"] = torch.Tensor
@@ -300,13 +539,77 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     return table
 
 
+#: torch's tensor rebuild functions that checkpoints of this project's models use, with their argument checks.
+#: Sparse, quantized, nested and meta tensors are left out: no model here stores them.
+_TORCH_REBUILD_FUNCTIONS = {
+    "_rebuild_tensor": _rebuild_tensor_args,
+    "_rebuild_tensor_v2": _rebuild_tensor_v2_args,
+    "_rebuild_tensor_v3": _rebuild_tensor_v3_args,
+    "_rebuild_parameter": _rebuild_parameter_args,
+    "_rebuild_parameter_with_state": _rebuild_parameter_with_state_args,
+    "_rebuild_device_tensor_from_numpy": _device_tensor_args,
+    "_rebuild_device_tensor_from_cpu_tensor": _device_tensor_args,
+}
+
+
 @lru_cache(maxsize=1)
-def _allowed_callable_ids() -> frozenset[int]:
-    return frozenset(id(obj) for obj in _allowed_globals().values() if callable(obj))
+def _call_policies() -> dict[int, tuple[Any, Any]]:
+    """id(callable) -> (callable, argument check) for every global that a pickle may call (REDUCE, NEWOBJ,
+    INST/OBJ). Types that are only named as values (torch.Tensor, storage classes, numpy.ndarray) are absent."""
+    policies: dict[int, tuple[Any, Any]] = {}
+
+    def allow(obj: Any, check: Any) -> None:
+        policies[id(obj)] = (obj, check)
+
+    for t in (set, frozenset, list, dict, tuple):
+        allow(t, _container_args)
+    for t in (bytes, bytearray):
+        allow(t, _bytes_args)
+    for t in (complex, int, float, bool, str):
+        allow(t, _scalar_args)
+    allow(slice, _int_args)
+    allow(range, _int_args)
+    allow(object, _no_args)
+    allow(_latin1_encode, _str_args)
+    allow(collections.OrderedDict, _container_args)
+    allow(collections.Counter, _container_args)
+    allow(collections.defaultdict, _defaultdict_args)
+    for cls in (datetime.date, datetime.datetime, datetime.time, datetime.timedelta, datetime.timezone):
+        allow(cls, _datetime_args)
+    for name in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"):
+        allow(getattr(pathlib, name), _str_args)
+    for name, check in _TORCH_REBUILD_FUNCTIONS.items():
+        fn = getattr(torch._utils, name)
+        allow(fn, check)
+        _TENSOR_REBUILDERS.add(fn)
+    allow(_rebuild_from_type_v2, _rebuild_from_type_args)
+    allow(torch.serialization._get_layout, _str_args)
+    allow(torch.nn.Parameter, _parameter_args)
+    allow(torch.Size, _size_args)
+    allow(torch.device, _scalar_args)
+    table = _allowed_globals()
+    allow(table["numpy.core.multiarray", "_reconstruct"], _reconstruct_args)
+    allow(table["numpy.core.multiarray", "scalar"], _numpy_scalar_args)
+    allow(table["numpy.core.numeric", "_frombuffer"], _frombuffer_args)
+    allow(np.dtype, _dtype_args)
+    for (module, _), obj in table.items():
+        if module == "numpy.dtypes":
+            allow(obj, _dtype_args)
+    allow(stand_in_class, _stand_in_name_args)
+    allow(_rebuild_stand_in, _stand_in_name_args)
+    return policies
 
 
-def _is_allowed_callable(obj: Any) -> bool:
-    return id(obj) in _allowed_callable_ids() or isinstance(obj, _StandInMeta)
+def _call_check(obj: Any) -> Any:
+    """The argument check for calling ``obj``, or None if the allow-list does not let a pickle call it."""
+    if isinstance(obj, _StandInMeta):
+        return _record_args
+    entry = _call_policies().get(id(obj))
+    return entry[1] if entry is not None and entry[0] is obj else None
+
+
+def _record_args(args: tuple, kwargs: dict) -> None:
+    """Stand-in classes only record their arguments."""
 
 
 def _refusal_reason(module: str, name: str) -> str:
@@ -345,11 +648,22 @@ def _name_of(obj: Any) -> str:
     return f"{module}.{qualname}"
 
 
+#: Attribute names that a stand-in's state may not set: they would shadow its dict methods (``keys``,
+#: ``items``, ``get``, ...) or its bookkeeping, so that code reading the checkpoint would run the file's values.
+_STAND_IN_RESERVED = frozenset(dir(StandIn))
+
+
 class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes can be overridden
     """Unpickler whose globals come from the allow-list and whose calling opcodes are re-checked."""
 
     source: ClassVar[str] = "<checkpoint>"
+    #: Most bytes the storages of the file may claim together (the size of the file), or None for no bound.
+    max_storage_bytes: ClassVar[int | None] = None
     dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._claimed_storages: dict[Any, int] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         if self.proto < 3 and self.fix_imports and isinstance(module, str) and isinstance(name, str):
@@ -368,32 +682,36 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its
 
     dispatch[pickle.GLOBAL[0]] = load_global
 
-    def _check_callable(self, func: Any, opcode: str) -> None:
-        if not _is_allowed_callable(func):
+    # ---- calls: only allow-listed callables, each with its argument check
+
+    def _call(self, func: Any, args: Any, kwargs: Any, opcode: str, new: bool = False) -> Any:
+        check = _call_check(func)
+        if check is None:
             raise UnsafeCheckpointError(_name_of(func), self.source,
                                         f"{opcode} may only call allow-listed functions and classes")
-
-    def _check_class(self, cls: Any, opcode: str) -> None:
-        if not isinstance(cls, type):
-            raise UnsafeCheckpointError(_name_of(cls), self.source, f"{opcode} needs a class")
-        self._check_callable(cls, opcode)
+        if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+            raise pickle.UnpicklingError(f"{opcode} arguments must be a tuple (and a dict); got "
+                                         f"{type(args).__name__}")
+        try:
+            check(args, kwargs)
+            if new:
+                if not isinstance(func, type):
+                    raise _PolicyViolation("needs a class")
+                return func.__new__(func, *args, **kwargs)
+            return func(*args, **kwargs)
+        except _PolicyViolation as err:
+            raise UnsafeCheckpointError(_name_of(func), self.source, f"{opcode}: {err}") from None
 
     def load_reduce(self) -> None:
-        stack = self.stack
-        args = stack.pop()
-        func = stack[-1]
-        self._check_callable(func, "REDUCE")
-        if not isinstance(args, tuple):
-            raise pickle.UnpicklingError(f"REDUCE arguments must be a tuple; got {type(args).__name__}")
-        stack[-1] = func(*args)
+        args = self.stack.pop()
+        self.stack[-1] = self._call(self.stack[-1], args, {}, "REDUCE")
 
     dispatch[pickle.REDUCE[0]] = load_reduce
 
     def load_newobj(self) -> None:
         args = self.stack.pop()
         cls = self.stack.pop()
-        self._check_class(cls, "NEWOBJ")
-        self.append(cls.__new__(cls, *args))
+        self.append(self._call(cls, args, {}, "NEWOBJ", new=True))
 
     dispatch[pickle.NEWOBJ[0]] = load_newobj
 
@@ -401,14 +719,47 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its
         kwargs = self.stack.pop()
         args = self.stack.pop()
         cls = self.stack.pop()
-        self._check_class(cls, "NEWOBJ_EX")
-        self.append(cls.__new__(cls, *args, **kwargs))
+        self.append(self._call(cls, args, kwargs, "NEWOBJ_EX", new=True))
 
     dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
 
     def _instantiate(self, klass: Any, args: list) -> None:  # INST and OBJ
-        self._check_class(klass, "INST/OBJ")
-        self.append(klass(*args))
+        if not isinstance(klass, type):
+            raise UnsafeCheckpointError(_name_of(klass), self.source, "INST/OBJ needs a class")
+        self.append(self._call(klass, tuple(args), {}, "INST/OBJ"))
+
+    # ---- storages: what the file claims must fit in the file
+
+    def _check_persistent_id(self, pid: Any) -> None:
+        if not isinstance(pid, tuple) or not pid or pid[0] not in ("storage", b"storage"):
+            raise UnsafeCheckpointError(f"persistent id {str(pid)[:60]}", self.source,
+                                        "only tensor storages may be referenced from outside the pickle")
+        if self.max_storage_bytes is None or len(pid) < 5:
+            return
+        storage_type, key, numel = pid[1], pid[2], pid[4]
+        dtype = getattr(storage_type, "dtype", torch.uint8)
+        if type(numel) is not int or numel < 0 or not isinstance(dtype, torch.dtype):
+            raise InvalidCheckpointError(f"{self.source}: a storage claims {numel!r} elements of {dtype!r}")
+        self._claimed_storages[key] = numel * dtype.itemsize
+        claimed = sum(self._claimed_storages.values())
+        if claimed > self.max_storage_bytes:
+            raise InvalidCheckpointError(
+                f"{self.source}: its storages claim {claimed:,} bytes, more than the file's {self.max_storage_bytes:,}; "
+                f"the file is corrupt or crafted")
+
+    def load_persid(self) -> None:
+        raise pickle.UnpicklingError("text persistent ids (PERSID) do not occur in checkpoints")
+
+    dispatch[pickle.PERSID[0]] = load_persid
+
+    def load_binpersid(self) -> None:
+        pid = self.stack.pop()
+        self._check_persistent_id(pid)
+        self.append(self.persistent_load(pid))
+
+    dispatch[pickle.BINPERSID[0]] = load_binpersid
+
+    # ---- state: only on stand-ins, arrays and a state dict's _metadata
 
     def load_build(self) -> None:
         stack = self.stack
@@ -422,20 +773,19 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its
                 raise UnsafeCheckpointError(_name_of(kind), self.source, str(err)) from None
         elif kind is np.ndarray or isinstance(inst, np.dtype):
             kind.__setstate__(inst, state)
-        elif kind is collections.OrderedDict and isinstance(state, dict) and all(isinstance(k, str) for k in state):
-            inst.__dict__.update(state)
-        elif kind is torch.Tensor and isinstance(state, tuple):  # legacy tensor serialization
-            inst.set_(*state)
-        elif kind is torch.nn.Parameter:
-            torch.nn.Parameter.__setstate__(inst, state)
+        elif kind is collections.OrderedDict and isinstance(state, dict) and set(state) <= {"_metadata"} \
+                and isinstance(state.get("_metadata", {}), dict):
+            inst.__dict__.update(state)  # a module state dict's version metadata
         else:
             raise UnsafeCheckpointError(_name_of(kind), self.source,
-                                        "BUILD may only set the state of stand-ins, arrays and OrderedDicts")
+                                        "BUILD may only set the state of stand-ins and arrays, and the _metadata "
+                                        "of an OrderedDict state dict; attributes on containers or tensors could "
+                                        "shadow their methods")
 
     dispatch[pickle.BUILD[0]] = load_build
 
-    # APPEND(S) and ADDITEMS look methods up on the instance in the standard unpickler, where an attribute
-    # set by BUILD could shadow them; here the methods come from the type, for the types that have them.
+    # ---- container filling: methods come from the type, never from attributes the file could set
+
     def _extend(self, items: list) -> None:
         target = self.stack[-1]
         if type(target) is list:
@@ -456,6 +806,25 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its
 
     dispatch[pickle.APPENDS[0]] = load_appends
 
+    def _set_items(self, items: list) -> None:
+        target = self.stack[-1]
+        if not isinstance(target, dict):
+            raise UnsafeCheckpointError(_name_of(type(target)), self.source, "SETITEM(S) needs a dict")
+        for i in range(0, len(items) - 1, 2):
+            type(target).__setitem__(target, items[i], items[i + 1])
+
+    def load_setitem(self) -> None:
+        value = self.stack.pop()
+        key = self.stack.pop()
+        self._set_items([key, value])
+
+    dispatch[pickle.SETITEM[0]] = load_setitem
+
+    def load_setitems(self) -> None:
+        self._set_items(self.pop_mark())
+
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+
     def load_additems(self) -> None:
         items = self.pop_mark()
         target = self.stack[-1]
@@ -470,9 +839,12 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its
                                     "the copyreg extension registry is not used by checkpoints")
 
 
-def restricted_pickle_module(source: str = "<checkpoint>") -> types.SimpleNamespace:
-    """A ``pickle_module`` for ``torch.load`` whose unpickler enforces the allow-list; errors name ``source``."""
-    unpickler = type("RestrictedUnpickler", (_RestrictedUnpickler,), {"source": str(source)})
+def restricted_pickle_module(source: str = "<checkpoint>", max_storage_bytes: int | None = None
+                             ) -> types.SimpleNamespace:
+    """A ``pickle_module`` for ``torch.load`` whose unpickler enforces the allow-list; errors name ``source``.
+    ``max_storage_bytes`` bounds the bytes that the tensor storages of the file may claim together."""
+    unpickler = type("RestrictedUnpickler", (_RestrictedUnpickler,),
+                     {"source": str(source), "max_storage_bytes": max_storage_bytes})
 
     def load(file: Any, **kwargs: Any) -> Any:
         return unpickler(file, **kwargs).load()
@@ -500,14 +872,44 @@ def _download_hint(path: Path) -> str:
         f"`bash {s}`" for s in scripts) + " (LDMs land in models/ldm/, autoencoders in models/first_stage_models/).")
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}.{_download_hint(path)}")
-    if path.is_dir():
+_SPECIAL_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_file(path: Path) -> int:
+    """The size of the regular file ``path``; a clear error for anything else. Special files are never opened
+    (reading a FIFO blocks, ``/dev/zero`` never ends)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint not found: {path}.{_download_hint(path)}") from None
+    except OSError as err:
+        raise InvalidCheckpointError(f"cannot read checkpoint {path}: {err.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(f"expected a checkpoint file, got the directory {path}")
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _SPECIAL_FILE_KINDS if test(st.st_mode)), "a special file")
+        raise InvalidCheckpointError(f"{path} is {kind}, not a regular file; a checkpoint must be a file on disk")
+    if st.st_size == 0:
         raise InvalidCheckpointError(f"checkpoint {path} is empty (0 bytes); an interrupted download or save? "
                                      f"Download or save it again.{_download_hint(path)}")
+    if not os.access(path, os.R_OK):
+        raise InvalidCheckpointError(f"cannot read checkpoint {path}: permission denied")
+    return st.st_size
+
+
+def _sniff_format(path: Path, size: int) -> str:
+    """'zip' (torch's format), 'safetensors', 'tar' or 'pickle' (torch's legacy format or a plain pickle),
+    from the file's first bytes, whatever its name."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if len(head) >= 9 and head[8:9] == b"{":  # an 8-byte header length, then the JSON header
+        return "safetensors"
+    if size >= 512 and tarfile.is_tarfile(path):
+        return "tar"
+    return "pickle"
 
 
 def _safetensors_device(map_location: Any) -> str:
@@ -515,6 +917,8 @@ def _safetensors_device(map_location: Any) -> str:
         return "cpu"
     if isinstance(map_location, (str, torch.device)):
         return str(map_location)
+    if callable(map_location):  # Lightning's identity map (lambda storage, loc: storage)
+        return "cpu"
     raise TypeError(f"map_location for a .safetensors file must be a device string or torch.device; "
                     f"got {type(map_location).__name__}")
 
@@ -536,33 +940,99 @@ def _is_torchscript_zip(path: Path) -> bool:
         return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in archive.namelist())
 
 
+#: Objects that a loaded checkpoint may reach, counting shared references each time they are reached, beyond
+#: the bound of `_max_expansion`. A model's checkpoint is a tree of a few thousand containers.
+_EXPANSION_BASE = 10_000
+#: Deepest nesting of containers a checkpoint may have (a state dict is three levels deep).
+_MAX_DEPTH = 500
+
+
+def _max_expansion(file_size: int) -> int:
+    return _EXPANSION_BASE + file_size // 4
+
+
+def _children(node: Any) -> Any:
+    """The objects a container refers to, or None for a leaf (tensors and arrays are leaves)."""
+    if isinstance(node, dict):
+        extra = node.__dict__.values() if isinstance(node, (StandIn, collections.OrderedDict)) else ()
+        return [*node.keys(), *node.values(), *extra]
+    if isinstance(node, (list, tuple, set, frozenset)):
+        return node
+    if isinstance(node, np.ndarray) and node.dtype.hasobject:
+        return list(node.flat)
+    return None
+
+
+def _check_expansion(obj: Any, file_size: int, source: str) -> None:
+    """Refuse a checkpoint whose object graph, walked as a tree (as printing, copying or converting it does),
+    is far larger than the file: a few KB of shared references can stand for 2**40 objects.
+
+    Shared references are counted each time they are reached; a reference back to an object on the current
+    path (omegaconf's ``_parent`` links) is a leaf.
+    """
+    budget = _max_expansion(file_size)
+    visited = 1
+    on_path: set[int] = set()
+    stack: list[tuple[Any, int]] = [(obj, 0)]  # depth < 0 marks leaving a node
+    while stack:
+        node, depth = stack.pop()
+        if depth < 0:
+            on_path.discard(id(node))
+            continue
+        children = _children(node)
+        if not children or id(node) in on_path:
+            continue
+        if depth >= _MAX_DEPTH:
+            raise InvalidCheckpointError(f"{source}: objects nested more than {_MAX_DEPTH} deep; the file is "
+                                         f"corrupt or crafted")
+        visited += len(children)
+        if visited > budget:
+            raise InvalidCheckpointError(
+                f"{source}: its shared references expand to more than {budget:,} objects, out of proportion to "
+                f"its {file_size:,} bytes; the file is corrupt or crafted")
+        on_path.add(id(node))
+        stack.append((node, -1))
+        stack.extend((child, depth + 1) for child in children)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """Load a whole checkpoint without running code from it.
 
-    ``.safetensors`` files give their dict of tensors. Torch files (zip or legacy format) are unpickled
-    against the allow-list; Lightning/omegaconf/argparse objects come back as `StandIn` objects.
-    Raises FileNotFoundError (with the download script for model-zoo paths), InvalidCheckpointError
-    for unreadable files and UnsafeCheckpointError for a file that names a forbidden global.
+    The format is read from the file's content, not its name: safetensors files give their dict of tensors;
+    torch files (zip or legacy format) are unpickled against the allow-list, with Lightning/omegaconf/argparse
+    objects as `StandIn` objects. What a file may allocate is bounded by its size: storages may not claim more
+    bytes than the file has, tensors may not repeat their storage, and shared references may not expand
+    beyond a small multiple of the file. Raises FileNotFoundError (with the download script for model-zoo
+    paths), IsADirectoryError, InvalidCheckpointError for unreadable or special files and
+    UnsafeCheckpointError for a file that names a forbidden global or call.
     """
     path = Path(path)
-    _check_file(path)
-    if path.suffix == _SAFETENSORS_SUFFIX:
+    size = _check_file(path)
+    kind = _sniff_format(path, size)
+    if kind == "safetensors":
         return _load_safetensors(path, map_location)
-    if zipfile.is_zipfile(path):
-        if _is_torchscript_zip(path):
-            raise UnsafeCheckpointError("TorchScript archive", str(path),
-                                        "TorchScript archives carry code; load them with torch.jit.load if trusted")
-    elif tarfile.is_tarfile(path):
+    if kind == "tar":
         raise InvalidCheckpointError(f"{path} is a tar archive (the pre-0.4 PyTorch format), which is not supported")
+    source = str(path)
     try:
-        return torch.load(path, map_location=map_location, pickle_module=restricted_pickle_module(str(path)),
-                          weights_only=False)
-    except UnsafeCheckpointError:
+        if kind == "zip":
+            if _is_torchscript_zip(path):
+                raise UnsafeCheckpointError("TorchScript archive", source,
+                                            "TorchScript archives carry code; load them with torch.jit.load if trusted")
+            with open(path, "rb") as file:  # a file object: torch.load would judge a path by its suffix
+                obj = torch.load(file, map_location=map_location, weights_only=False,
+                                 pickle_module=restricted_pickle_module(source, max_storage_bytes=size))
+        else:  # the legacy format reads storages from the stream: give it the file's bytes, nothing more
+            obj = torch.load(io.BytesIO(path.read_bytes()), map_location=map_location, weights_only=False,
+                             pickle_module=restricted_pickle_module(source, max_storage_bytes=size))
+    except (UnsafeCheckpointError, InvalidCheckpointError):
         raise
     except Exception as err:  # torch, zipfile and pickle each raise their own types for a damaged file
         raise InvalidCheckpointError(
             f"could not read checkpoint {path} ({type(err).__name__}: {err}); the file may be truncated or "
             f"corrupt, or not a PyTorch checkpoint.{_download_hint(path)}") from err
+    _check_expansion(obj, size, source)
+    return obj
 
 
 def _extract_state_dict(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -583,6 +1053,29 @@ def load_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     """The model weights in ``path``: a Lightning checkpoint's ``state_dict``, a bare state dict or a
     safetensors file. The mapping is returned as stored (an OrderedDict keeps its ``_metadata``)."""
     return _extract_state_dict(load_checkpoint(path, map_location=map_location), path)
+
+
+def check_weights_fit(module: torch.nn.Module, state_dict: Mapping[str, Any], source: str | os.PathLike) -> None:
+    """Refuse, before loading, weights that cannot belong to ``module``: a state dict sharing none of its
+    keys (a different model's checkpoint would otherwise leave it randomly initialised, with only a log
+    line) or holding tensors of the wrong shape. Missing or extra keys alone are allowed (``strict=False``
+    loading of partial checkpoints, e.g. a first stage without its loss). Raises InvalidCheckpointError."""
+    own = module.state_dict()
+    name = type(module).__name__
+    shared = [k for k in state_dict if k in own]
+    if own and state_dict and not shared:
+        raise InvalidCheckpointError(
+            f"{source} holds no weights of this {name}: none of its {len(state_dict)} keys (such as "
+            f"{sorted(state_dict)[:3]}) is a key of the model (such as {sorted(own)[:3]}); is it the checkpoint "
+            f"of a different model?")
+    wrong = [(k, tuple(state_dict[k].shape), tuple(own[k].shape)) for k in shared
+             if isinstance(state_dict[k], torch.Tensor) and isinstance(own[k], torch.Tensor)
+             and state_dict[k].shape != own[k].shape]
+    if wrong:
+        key, theirs, ours = wrong[0]
+        raise InvalidCheckpointError(
+            f"{source} does not fit this {name}: {len(wrong)} of its tensors have the wrong shape, such as "
+            f"{key!r}: {theirs} in the file, {ours} in the model; is it the checkpoint of a different config?")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -682,7 +1175,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {out}")
         else:
             print("\n".join(_describe(args.path)))
-    except (FileNotFoundError, InvalidCheckpointError, UnsafeCheckpointError, ValueError, TypeError) as err:
+    except (OSError, InvalidCheckpointError, UnsafeCheckpointError, ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

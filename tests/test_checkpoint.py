@@ -243,11 +243,15 @@ def test_build_cannot_mutate_functions_or_classes(tmp_path):
 
 def test_appends_do_not_call_attributes_set_by_the_file():
     module = restricted_pickle_module("in-memory")
-    # a stand-in whose state sets an attribute "extend", then APPENDS: the standard unpickler would call it
+    # a stand-in whose state sets an attribute "extend" (the standard unpickler would call it for APPENDS):
+    # state that shadows a stand-in's methods is refused outright
     attack = (b"\x80\x02cpytorch_lightning.x\nY\n)\x81}X\x06\x00\x00\x00extendccollections\nOrderedDict\nsb"
               b"(K\x01K\x02e.")
-    loaded = module.loads(attack)
-    assert loaded._stand_in_items == [1, 2] and loaded.extend is collections.OrderedDict
+    with pytest.raises(UnsafeCheckpointError, match=r"shadow its methods; got \['extend'\]"):
+        module.loads(attack)
+    # without it, APPENDS records the items on the stand-in
+    loaded = module.loads(b"\x80\x02cpytorch_lightning.x\nY\n)\x81(K\x01K\x02e.")
+    assert loaded._stand_in_items == [1, 2]
     # APPENDS onto anything but a list or a stand-in is refused
     with pytest.raises(UnsafeCheckpointError, match="APPENDS"):
         module.loads(b"\x80\x02ccollections\nOrderedDict\n)R(K\x01e.")
@@ -256,9 +260,14 @@ def test_appends_do_not_call_attributes_set_by_the_file():
 def test_reduce_only_calls_allow_listed_callables():
     # even if a callable reached the stack some other way (here: persistent_load), REDUCE refuses it
     module = restricted_pickle_module("in-memory")
-    unpickler = module.Unpickler(io.BytesIO(b"\x80\x02X\x01\x00\x00\x00xQX\x04\x00\x00\x00true\x85R."))
+    unpickler = module.Unpickler(io.BytesIO(b"\x80\x02X\x07\x00\x00\x00storage\x85QX\x04\x00\x00\x00true\x85R."))
     unpickler.persistent_load = lambda pid: os.system
     with pytest.raises(UnsafeCheckpointError, match="REDUCE"):
+        unpickler.load()
+    # and a persistent id that is not a tensor storage never reaches persistent_load
+    unpickler = module.Unpickler(io.BytesIO(b"\x80\x02X\x01\x00\x00\x00xQ."))
+    unpickler.persistent_load = lambda pid: pytest.fail("persistent_load was called")
+    with pytest.raises(UnsafeCheckpointError, match="only tensor storages"):
         unpickler.load()
 
 

@@ -118,10 +118,18 @@ def test_training_step_updates_ema_and_optimizer_uses_scheduler():
     opts, scheds = m.configure_optimizers()
     assert isinstance(opts[0], torch.optim.AdamW) and opts[0].param_groups[0]["lr"] == pytest.approx(2e-3 * 0.1)
     assert scheds[0]["interval"] == "step"
-    loss, loss_dict = m.shared_step({"image": torch.rand(2, 8, 8, 3) * 2 - 1})
+    batch = {"image": torch.rand(2, 8, 8, 3) * 2 - 1}
+    loss, loss_dict = m.shared_step(batch)
     assert loss.requires_grad and set(loss_dict) == {"train/loss_simple", "train/loss_vlb", "train/loss"}
     before = int(m.model_ema.num_updates)
-    m.on_train_batch_end(None, None, 0)
+
+    def closure():
+        opts[0].zero_grad()
+        step_loss = m.shared_step(batch)[0]
+        step_loss.backward()
+        return step_loss
+
+    m.optimizer_step(0, 0, opts[0], closure)  # the EMA follows each optimizer step
     assert int(m.model_ema.num_updates) == before + 1
     plain = tiny_ddpm(use_ema=False)
     assert isinstance(plain.configure_optimizers(), torch.optim.AdamW)

@@ -299,3 +299,43 @@ def test_submodule_keys_match_manifest(manifest, sub, prefix):
     ref = {k[len(prefix):]: v for k, v in expected["keys"].items() if k.startswith(prefix)}
     assert sorted(set(ref) - set(ours)) == [] and sorted(set(ours) - set(ref)) == []
     assert ours == ref
+
+
+def _ops_run(fn):
+    """Names of the aten ops that ``fn()`` runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {event.name for event in prof.events()}
+
+
+@pytest.mark.parametrize("legacy_order", [True, False])
+def test_attention_blocks_use_a_fused_kernel_not_the_math_fallback(legacy_order):
+    """The fused kernels never build the (tokens x tokens) matrix; the math fallback does."""
+    torch.manual_seed(0)
+    block = AttentionBlock(64, num_head_channels=16, use_new_attention_order=not legacy_order).eval()
+    transformer = SpatialTransformer(32, n_heads=2, d_head=16, context_dim=8).eval()
+    x, x2, context = torch.randn(2, 64, 8, 8), torch.randn(2, 32, 8, 8), torch.randn(2, 5, 8)
+    with torch.no_grad():
+        ops = _ops_run(lambda: (block(x), transformer(x2, context)))
+    assert not any("attention_math" in name for name in ops), sorted(ops)
+    assert any("flash_attention" in name or "efficient_attention" in name for name in ops), sorted(ops)
+
+
+def test_channels_last_gives_the_same_numbers_and_keeps_through_assign_loading():
+    m = _unet_with_random_weights().eval()
+    x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([3, 700]), torch.randn(2, 5, 16)
+    assert m.channels_last and m.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out_cl = m(x, timesteps=t, context=context)
+        m.use_channels_last(False)
+        assert m.input_blocks[0][0].weight.is_contiguous()
+        out_plain = m(x, timesteps=t, context=context)
+    assert out_cl.is_contiguous() and out_plain.abs().max() > 0
+    assert_close(out_cl, out_plain, "channels-last vs contiguous")
+    # weights assigned from a (contiguous) state dict are put back in the model's format
+    m.use_channels_last(True)
+    state = {k: v.contiguous() for k, v in m.state_dict().items()}
+    m.load_state_dict(state, assign=True)
+    assert m.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)

@@ -70,22 +70,87 @@ def read_lines(path: str | os.PathLike, what: str) -> list[str]:
         return [line.strip() for line in f.read().splitlines() if line.strip()]
 
 
+#: PIL modes whose pixels are 16- or 32-bit integers or 32-bit floats: converted by `pixels_to_uint8`,
+#: not by ``Image.convert`` (which clips 16-bit values to 255, so that most pixels turn white).
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def pixels_to_uint8(arr: np.ndarray, path: str) -> np.ndarray:
+    """Pixel values of any integer or float type as uint8, or `ImageReadError` naming the file and range.
+
+    uint8 is taken as is, bool as {0, 255}, uint16 (and 16-bit PNG/TIFF modes) as 0..65535, other integer
+    types must hold values in 0..255; floats in [0, 1] are scaled by 255, floats in [-1, 1] (with negative
+    values) map to [0, 255], floats in [0, 255] are rounded. Anything else is refused rather than guessed.
+    """
+    kind = arr.dtype.kind
+    if arr.dtype == np.uint8:
+        return arr
+    if kind == "b":
+        return arr.astype(np.uint8) * 255
+    if kind in "iu":
+        if arr.size == 0:
+            return arr.astype(np.uint8)
+        lo, hi = int(arr.min()), int(arr.max())
+        if arr.dtype == np.uint16:
+            return np.rint(arr.astype(np.float64) / 257.0).astype(np.uint8)  # 65535 -> 255
+        if lo >= 0 and hi <= 255:
+            return arr.astype(np.uint8)
+        raise ImageReadError(f"cannot read image {path!r}: {arr.dtype} values in [{lo}, {hi}] fit neither 0..255 "
+                             f"nor (as uint16) 0..65535; rescale it to uint8 or uint16")
+    if kind == "f":
+        if arr.size == 0:
+            return arr.astype(np.uint8)
+        if not np.isfinite(arr).all():
+            raise ImageReadError(f"cannot read image {path!r}: it holds NaN or infinite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo >= 0.0 and hi <= 1.0:
+            scaled = arr.astype(np.float64) * 255.0
+        elif lo >= -1.0 and hi <= 1.0:
+            scaled = (arr.astype(np.float64) + 1.0) * 127.5
+        elif lo >= 0.0 and hi <= 255.0:
+            scaled = arr.astype(np.float64)
+        else:
+            raise ImageReadError(f"cannot read image {path!r}: {arr.dtype} values in [{lo:g}, {hi:g}] are in none "
+                                 f"of the ranges [0, 1], [-1, 1] or [0, 255]")
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    raise ImageReadError(f"cannot read image {path!r}: pixels of type {arr.dtype} are not numbers; expected "
+                         f"an integer or float array")
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Read ``path`` as an RGB PIL image, decoding it fully so that a truncated file fails here."""
+    """Read ``path`` as an RGB PIL image, decoding it fully so that a truncated file fails here.
+
+    Every PIL mode is converted to 8-bit RGB: 16-bit and 32-bit integer and float modes through
+    `pixels_to_uint8` (a 16-bit PNG keeps its full range), alpha is dropped, palettes are expanded;
+    modes PIL cannot convert to RGB (LAB, HSV, ...) are refused with their name.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file {path!r} not found")
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB") if img.mode != "RGB" else img.copy()
+            if img.mode == "RGB":
+                return img.copy()
+            if img.mode in _WIDE_MODES:
+                arr = np.asarray(img)
+                if arr.dtype.kind == "i" and arr.size and arr.min() >= 0 and 255 < arr.max() <= 65535:
+                    arr = arr.astype(np.uint16)  # 16-bit samples that PIL holds in 32-bit "I" mode
+                gray = pixels_to_uint8(arr, path)
+                return Image.fromarray(np.repeat(gray[..., None], 3, axis=-1), mode="RGB")
+            try:
+                return img.convert("RGB")
+            except ValueError as err:
+                raise ImageReadError(f"cannot read image {path!r}: PIL mode {img.mode!r} cannot be converted to "
+                                     f"RGB ({err}); save it as RGB, grayscale or palette") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageReadError(f"cannot read image {path!r}: {err}") from err
 
 
 def load_image_array(path: str | os.PathLike) -> np.ndarray:
     """Read ``path`` as a ``(H, W, 3)`` uint8 array. ``.npy`` files hold one image as ``(1, 3, H, W)``
-    or ``(3, H, W)`` uint8 (the CelebA-HQ layout of taming-transformers) or ``(H, W, 3)``."""
+    or ``(3, H, W)`` (the CelebA-HQ layout of taming-transformers), ``(H, W, 3)`` or ``(H, W)``
+    (grayscale), of any integer or float type that `pixels_to_uint8` accepts."""
     path = os.fspath(path)
     if not path.lower().endswith(".npy"):
         return np.asarray(load_image(path), dtype=np.uint8)
@@ -99,10 +164,12 @@ def load_image_array(path: str | os.PathLike) -> np.ndarray:
         arr = arr[0]
     if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
         arr = arr.transpose(1, 2, 0)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
     if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise ImageReadError(f"cannot read image {path!r}: expected an array of shape (1, 3, H, W), (3, H, W) "
-                             f"or (H, W, 3); got {arr.shape}")
-    return np.ascontiguousarray(arr.astype(np.uint8))
+        raise ImageReadError(f"cannot read image {path!r}: expected an array of shape (1, 3, H, W), (3, H, W), "
+                             f"(H, W, 3) or (H, W); got {arr.shape}")
+    return np.ascontiguousarray(pixels_to_uint8(arr, path))
 
 
 def to_float(image: np.ndarray) -> np.ndarray:

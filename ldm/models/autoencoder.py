@@ -92,7 +92,7 @@ class AdversarialAutoencoder(pl.LightningModule):
     # ---------------------------------------------------------------------------------------- shared
     def init_from_ckpt(self, path: str, ignore_keys: Sequence[str] | None = None) -> None:
         """Load weights from a checkpoint (.ckpt, .pt or .safetensors), dropping keys that start with ``ignore_keys``."""
-        from ldm.checkpoint import load_state_dict
+        from ldm.checkpoint import check_weights_fit, load_state_dict
 
         sd = load_state_dict(path)
         for k in list(sd.keys()):
@@ -101,6 +101,7 @@ class AdversarialAutoencoder(pl.LightningModule):
                     logger.info("Deleting key %s from state_dict.", k)
                     del sd[k]
                     break
+        check_weights_fit(self, sd, path)
         missing, unexpected = self.load_state_dict(sd, strict=False)
         logger.info("Restored from %s with %d missing and %d unexpected keys", path, len(missing), len(unexpected))
         if missing:

@@ -8,7 +8,15 @@ themselves and to a conditioning sequence, and projected back. This is the origi
 ``SpatialSelfAttention`` plain single-head self-attention over pixels.
 
 Attention runs through ``torch.nn.functional.scaled_dot_product_attention``, which computes the same
-softmax(q k^T / sqrt(d)) v as the original's einsums within float32 rounding.
+softmax(q k^T / sqrt(d)) v as the original's einsums within float32 rounding. Queries, keys and values are
+handed to it as 4-D (batch, heads, tokens, features) views whose last dimension is contiguous, the layout
+the fused kernels take (FlashAttention-style blocked softmax on the CPU, Dao et al. 2022; flash or
+memory-efficient kernels on CUDA): they never build the full tokens x tokens attention matrix, which keeps
+memory linear in the number of tokens at high resolution, and they avoid the slower math fallback.
+
+The spatial blocks work on the token view ``(B, H*W, C)`` of a feature map. When the U-Net runs in the
+channels-last memory format that view costs nothing, and the 1x1 convolutions that project into and out of
+the token space are applied as the equivalent matrix products on it.
 """
 from __future__ import annotations
 
@@ -67,6 +75,33 @@ def zero_module(module: nn.Module) -> nn.Module:
 def Normalize(in_channels: int) -> nn.GroupNorm:  # noqa: N802 - the original's name
     """GroupNorm with 32 groups and eps 1e-6."""
     return nn.GroupNorm(num_groups=NORMALIZE_GROUPS, num_channels=in_channels, eps=NORMALIZE_EPS, affine=True)
+
+
+def tokens_of(x: torch.Tensor) -> torch.Tensor:
+    """The ``(B, H*W, C)`` token view of a ``(B, C, H, W)`` feature map (a copy only when it is not channels-last)."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def feature_map_of(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The ``(B, C, H, W)`` feature map of ``(B, H*W, C)`` tokens (a view: channels-last when tokens are contiguous)."""
+    return tokens.transpose(1, 2).unflatten(2, (h, w))
+
+
+def conv1x1_tokens(conv: nn.Conv2d | nn.Conv1d, tokens: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution applied to ``(B, T, C_in)`` tokens as the matrix product it is: ``(B, T, C_out)``."""
+    return F.linear(tokens, conv.weight.flatten(1), conv.bias)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+              attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale) v (Vaswani et al. 2017) for ``(B, heads, N, d)`` queries and ``(B, heads, M, d)`` keys.
+
+    The inputs may be strided views; their last dimension is made contiguous when it is not, so that the fused
+    kernels apply. ``scale`` defaults to ``d ** -0.5``; ``attn_mask`` is added to the logits (or, boolean,
+    selects the keys to attend to). Returns ``(B, heads, N, d)``.
+    """
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
 
 
 class GEGLU(nn.Module):
@@ -149,13 +184,10 @@ class SpatialSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        h_ = self.norm(x)
-        q = rearrange(self.q(h_), "b c h w -> b 1 (h w) c")
-        k = rearrange(self.k(h_), "b c h w -> b 1 (h w) c")
-        v = rearrange(self.v(h_), "b c h w -> b 1 (h w) c")
-        h_ = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C)
-        h_ = rearrange(h_, "b 1 (h w) c -> b c h w", h=h, w=w)
-        return x + self.proj_out(h_)
+        h_ = tokens_of(self.norm(x))  # (B, HW, C)
+        q, k, v = (conv1x1_tokens(conv, h_)[:, None] for conv in (self.q, self.k, self.v))  # (B, 1, HW, C)
+        h_ = attention(q, k, v)[:, 0]  # (B, HW, C)
+        return x + feature_map_of(conv1x1_tokens(self.proj_out, h_), h, w)
 
 
 class CrossAttention(nn.Module):
@@ -184,16 +216,17 @@ class CrossAttention(nn.Module):
         """``x``: (B, N, query_dim); ``context``: (B, M, context_dim); ``mask``: (B, M...) bool, True = attend."""
         h = self.heads
         context = default(context, x)
-        q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=h)  # (B, h, N, d)
-        k = rearrange(self.to_k(context), "b m (h d) -> b h m d", h=h)  # (B, h, M, d)
-        v = rearrange(self.to_v(context), "b m (h d) -> b h m d", h=h)  # (B, h, M, d)
+        q = self.to_q(x).unflatten(-1, (h, -1)).transpose(1, 2)  # (B, h, N, d), a view
+        k = self.to_k(context).unflatten(-1, (h, -1)).transpose(1, 2)  # (B, h, M, d)
+        v = self.to_v(context).unflatten(-1, (h, -1)).transpose(1, 2)  # (B, h, M, d)
         attn_mask = None
         if exists(mask):
             mask = rearrange(mask, "b ... -> b 1 1 (...)").bool()  # (B, 1, 1, M)
+            # an additive mask with the original's fill value: the same softmax where a row masks every key
             attn_mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
             attn_mask = attn_mask.masked_fill(~mask, max_neg_value(q))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)  # (B, h, N, d)
-        out = rearrange(out, "b h n d -> b n (h d)")
+        out = attention(q, k, v, scale=self.scale, attn_mask=attn_mask)  # (B, h, N, d)
+        out = out.transpose(1, 2).flatten(2)  # (B, N, h * d)
         return self.to_out(out)
 
 
@@ -262,9 +295,8 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         b, c, h, w = x.shape
         x_in = x
-        x = self.proj_in(self.norm(x))  # (B, inner, H, W)
-        x = rearrange(x, "b c h w -> b (h w) c")  # (B, HW, inner)
+        x = conv1x1_tokens(self.proj_in, tokens_of(self.norm(x)))  # (B, HW, inner)
         for block in self.transformer_blocks:
             x = block(x, context=context)  # (B, HW, inner)
-        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)  # (B, inner, H, W)
-        return self.proj_out(x) + x_in  # (B, C, H, W)
+        x = conv1x1_tokens(self.proj_out, x)  # (B, HW, C)
+        return feature_map_of(x, h, w) + x_in  # (B, C, H, W)

@@ -46,7 +46,7 @@ def load_model(config: DictConfig, ckpt: str | os.PathLike, device: torch.device
 
     Returns the model and the checkpoint's metadata (``global_step``, ``epoch`` when stored).
     """
-    from ldm.checkpoint import load_checkpoint
+    from ldm.checkpoint import check_weights_fit, load_checkpoint
 
     ckpt = require_file(ckpt, "checkpoint")
     model = instantiate_from_config(strip_ckpt_paths(config.model))
@@ -54,6 +54,7 @@ def load_model(config: DictConfig, ckpt: str | os.PathLike, device: torch.device
     state_dict = obj["state_dict"] if isinstance(obj, Mapping) and "state_dict" in obj else obj
     if not isinstance(state_dict, Mapping):
         raise ValueError(f"checkpoint {ckpt} holds a {type(state_dict).__name__}, not a state dict")
+    check_weights_fit(model, state_dict, ckpt)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise ValueError(

@@ -20,7 +20,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchvision.utils import make_grid
 
-from ldm.checkpoint import load_state_dict
+from ldm.checkpoint import check_weights_fit, load_state_dict
 from ldm.models.diffusion.sampling import DDPMSampler
 from ldm.models.diffusion.schedule import GaussianDiffusionMixin, validate_parameterization
 from ldm.models.diffusion.wrapper import DiffusionWrapper
@@ -168,6 +168,7 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
         """Load a checkpoint non-strictly (after dropping ``ignore_keys`` prefixes) and log what was missing."""
         sd = drop_ignored_keys(load_state_dict(path), ignore_keys)
         target = self.model if only_model else self
+        check_weights_fit(target, sd, path)
         missing, unexpected = target.load_state_dict(sd, strict=False)
         log_info("Restored from %s with %d missing and %d unexpected keys", path, len(missing), len(unexpected))
         if missing:
@@ -271,7 +272,10 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
         self.log_dict(loss_dict_no_ema, prog_bar=False, logger=True, on_step=False, on_epoch=True, batch_size=bs)
         self.log_dict(loss_dict_ema, prog_bar=False, logger=True, on_step=False, on_epoch=True, batch_size=bs)
 
-    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the EMA update: one EMA update per optimizer step, made before any
+        callback can write a checkpoint of this step, so a resumed run's EMA count equals its global step."""
+        super().optimizer_step(*args, **kwargs)
         if self.use_ema:
             self.model_ema(self.model)
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ldm.modules.attention import SpatialTransformer
+from ldm.modules.attention import SpatialTransformer, attention, conv1x1_tokens
 from ldm.modules.diffusionmodules.util import (
     avg_pool_nd,
     checkpoint,
@@ -295,10 +295,12 @@ class QKVAttentionLegacy(nn.Module):
         bs, width, length = qkv.shape
         if width % (3 * self.n_heads):
             raise ValueError(f"qkv width {width} is not divisible by 3 * n_heads = {3 * self.n_heads}")
-        ch = width // (3 * self.n_heads)
-        q, k, v = qkv.reshape(bs * self.n_heads, ch * 3, length).split(ch, dim=1)  # each (B*h, C, T)
-        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B*h, T, C)
-        return a.transpose(1, 2).reshape(bs, -1, length)  # (B, h*C, T)
+        return _packed_attention(*self.split_heads(qkv.transpose(1, 2))).transpose(1, 2)  # (B, h*C, T)
+
+    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Views ``(B, T, h, C)`` of q, k, v in packed ``(B, T, h * 3 * C)`` tokens, heads outermost."""
+        qkv = qkv.unflatten(-1, (self.n_heads, 3, -1))  # (B, T, h, 3, C)
+        return qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
 
     @staticmethod
     def count_flops(model: nn.Module, _x: Any, y: tuple[torch.Tensor]) -> None:
@@ -319,14 +321,26 @@ class QKVAttention(nn.Module):
         bs, width, length = qkv.shape
         if width % (3 * self.n_heads):
             raise ValueError(f"qkv width {width} is not divisible by 3 * n_heads = {3 * self.n_heads}")
-        ch = width // (3 * self.n_heads)
-        q, k, v = (t.reshape(bs * self.n_heads, ch, length).transpose(1, 2) for t in qkv.chunk(3, dim=1))
-        a = F.scaled_dot_product_attention(q, k, v)  # (B*h, T, C)
-        return a.transpose(1, 2).reshape(bs, -1, length)  # (B, h*C, T)
+        return _packed_attention(*self.split_heads(qkv.transpose(1, 2))).transpose(1, 2)  # (B, h*C, T)
+
+    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Views ``(B, T, h, C)`` of q, k, v in packed ``(B, T, 3 * h * C)`` tokens, q/k/v outermost."""
+        qkv = qkv.unflatten(-1, (3, self.n_heads, -1))  # (B, T, 3, h, C)
+        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
     @staticmethod
     def count_flops(model: nn.Module, _x: Any, y: tuple[torch.Tensor]) -> None:
         count_flops_attn(model, _x, y)
+
+
+def _packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention of ``(B, T, h, C)`` query, key and value views (scale ``C ** -0.5``): ``(B, T, h*C)`` tokens.
+
+    The original scales q and k by ``C ** -0.25`` each before their product; the fused kernel applies
+    ``C ** -0.5`` once, the same number within float32 rounding.
+    """
+    out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, h, T, C)
+    return out.transpose(1, 2).flatten(2)  # (B, T, h*C)
 
 
 def count_flops_attn(model: nn.Module, _x: Any, y: tuple[torch.Tensor]) -> None:
@@ -369,12 +383,17 @@ class AttentionBlock(nn.Module):
         return checkpoint(self._forward, (x,), self.parameters(), self.use_checkpoint and self.training)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        # on the (B, T, C) token view: free for a channels-last input; the 1x1 convolutions act as matrix products
         b, c, *spatial = x.shape
-        x = x.reshape(b, c, -1)  # (B, C, T)
-        qkv = self.qkv(self.norm(x))  # (B, 3C, T)
-        h = self.attention(qkv)  # (B, C, T)
-        h = self.proj_out(h)  # (B, C, T)
-        return (x + h).reshape(b, c, *spatial)
+        qkv = conv1x1_tokens(self.qkv, self.norm(x).flatten(2).transpose(1, 2))  # (B, T, 3C)
+        h = _packed_attention(*self.attention.split_heads(qkv))  # (B, T, C)
+        h = conv1x1_tokens(self.proj_out, h)  # (B, T, C)
+        return x + h.transpose(1, 2).unflatten(2, spatial)  # (B, C, *spatial)
+
+
+def _restore_memory_format(module: nn.Module, _incompatible_keys: Any) -> None:
+    """After ``load_state_dict(..., assign=True)`` put the newly assigned weights back in the model's memory format."""
+    module.use_channels_last(module.channels_last)
 
 
 class UNetModel(nn.Module):
@@ -542,6 +561,18 @@ class UNetModel(nn.Module):
             )
         if use_fp16:
             self.convert_to_fp16()
+        self.channels_last = False
+        self.use_channels_last(dims == 2)
+        self.register_load_state_dict_post_hook(_restore_memory_format)
+
+    def use_channels_last(self, flag: bool = True) -> None:
+        """Run 2-D feature maps (and keep the convolution weights) in the channels-last memory format, or not.
+
+        Channels-last makes the oneDNN/cuDNN convolutions faster and the token view of a feature map that the
+        attention blocks work on a free view. Values and state-dict keys are the same either way.
+        """
+        self.channels_last = flag
+        self.to(memory_format=torch.channels_last if flag else torch.contiguous_format)
 
     def convert_to_fp16(self) -> None:
         """Run the input, middle and output blocks in float16."""
@@ -580,6 +611,8 @@ class UNetModel(nn.Module):
             emb = emb + self.label_emb(y)  # (B, 4 mc)
 
         h = x.type(self.dtype)
+        if h.ndim == 4 and self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
         emb = emb.type(self.dtype)
         if context is not None:
             context = context.type(self.dtype)
@@ -591,9 +624,8 @@ class UNetModel(nn.Module):
             h = torch.cat([h, hs.pop()], dim=1)  # (B, ch + ich, H / ds, W / ds)
             h = module(h, emb, context)
         h = h.type(x.dtype)  # (B, mc, H, W)
-        if self.predict_codebook_ids:
-            return self.id_predictor(h)  # (B, n_embed, H, W)
-        return self.out(h)  # (B, out_channels, H, W)
+        out = self.id_predictor(h) if self.predict_codebook_ids else self.out(h)  # (B, n_embed or out_channels, H, W)
+        return out.contiguous()
 
 
 class EncoderUNetModel(nn.Module):
