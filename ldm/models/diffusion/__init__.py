@@ -1,5 +1,6 @@
 """Diffusion models and samplers of latent diffusion (Rombach et al., CVPR 2022).
 
-Configs name the models by ``ldm.models.diffusion.ddpm.<Class>``; samplers live in ``ddim`` (DDIM,
-Song et al., ICLR 2021) and ``plms`` (PLMS, Liu et al., ICLR 2022).
+Configs name the models by ``ldm.models.diffusion.ddpm.<Class>``. The samplers are step functions in
+``sampling`` over the denoiser of ``denoiser``, named in ``ldm.samplers``; ``ddim``, ``plms`` and
+``dpm_solver`` keep the original sampler classes.
 """

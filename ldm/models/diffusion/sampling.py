@@ -118,10 +118,10 @@ def unipc(model, x, sigmas, i, state, noise, order: int = 3, lower_order_final: 
     s, s_next = sigmas[i], sigmas[i + 1]
     denoised = model(x, s)
     if state and state[-1][2] is not None:  # correct x_i with the evaluation at the predicted x_i
-        x_base, b_h, corr_res, rho, d_prev, pred_res = state[-1][2]
+        b_h, corr_res, rho, d_prev, pred_res = state[-1][2]
         x = x - b_h * (corr_res + rho * (denoised - d_prev) - pred_res)
     history = [(lam, d) for lam, d, _ in state[-(order - 1):]] if order > 1 else []
-    state.append([-math.log(s), denoised, None])
+    state.append([-math.log(s), denoised, None])  # lambda, D and the pending correction of the next x
     if s_next == 0:
         return denoised, denoised
     p = min(order, i + 1, len(sigmas) - 1 - i) if lower_order_final else min(order, i + 1)
@@ -143,7 +143,7 @@ def unipc(model, x, sigmas, i, state, noise, order: int = 3, lower_order_final: 
     corr_res = sum(r * d for r, d in zip(rhos_c[:-1], d1s)) if d1s else 0.0
     x_next = (s_next / s) * x - b_h * denoised - b_h * pred_res
     if i < len(sigmas) - 2:  # the last step goes uncorrected: correcting it would cost one more evaluation
-        state[-1][2] = (None, b_h, corr_res, rhos_c[-1], denoised, pred_res)
+        state[-1][2] = (b_h, corr_res, rhos_c[-1], denoised, pred_res)
     return x_next, denoised
 
 
