@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
     init_image = load_image(opt.init_img, inputs.first_stage_factor(config.model)
                             * inputs.unet_factor(config.model))
     inputs.require_file(files.ckpt, "checkpoint")
+    inputs.check_steps(config.model, opt.ddim_steps, "--ddim_steps")
+    from ldm.scripting.outputs import check_outdir
+
+    check_outdir(opt.outdir)
 
     cli.setup_threads(opt)
     import torch
@@ -158,10 +162,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                       unconditional_conditioning=uc, verbose=False)
             x_samples = outputs.decode_to_unit(model, samples)
             for x_sample in x_samples:
-                summary.add(outputs.save_image(x_sample, os.path.join(sample_path, f"{base_count:04}.png")))
+                path, base_count = outputs.claim(sample_path, "{:04}.png".format, base_count)
+                summary.add(outputs.save_image(x_sample, path))
                 base_count += 1
             all_samples.append(x_samples)
-    summary.add(outputs.save_grid(all_samples, os.path.join(opt.outdir, f"grid-{grid_count:04}.png"), nrow=n))
+    summary.add(outputs.save_grid(all_samples, outputs.claim(opt.outdir, "grid-{:04}.png".format, grid_count)[0], nrow=n))
     summary.print()
     return summary.paths
 

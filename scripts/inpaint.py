@@ -119,6 +119,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
                          f"{cond_stage if isinstance(cond_stage, str) else cond_stage.get('target')!r}")
     check_sizes(pairs, inputs.first_stage_factor(config.model) * inputs.unet_factor(config.model))
     inputs.require_file(files.ckpt, "checkpoint")
+    inputs.check_steps(config.model, opt.steps, "--steps")
+    from ldm.scripting.outputs import check_outdir
+
+    check_outdir(opt.outdir)
     print(f"Found {len(pairs)} inputs.")
 
     cli.setup_threads(opt)

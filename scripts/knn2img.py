@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
     h, w = inputs.latent_size(config.model, opt.H, opt.W)
     shape = [inputs.latent_channels(config.model), h, w]
     inputs.require_file(files.ckpt, "checkpoint")
+    inputs.check_steps(config.model, opt.ddim_steps, "--ddim_steps")
+    from ldm.scripting.outputs import check_outdir
+
+    check_outdir(opt.outdir)
 
     cli.setup_threads(opt)
     import torch
@@ -131,11 +135,13 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                                unconditional_guidance_scale=opt.scale, unconditional_conditioning=uc)
                 x_samples = outputs.decode_to_unit(model, samples)
                 for x_sample in x_samples:
-                    summary.add(outputs.save_image(x_sample, os.path.join(sample_path, f"{base_count:05}.png")))
+                    path, base_count = outputs.claim(sample_path, "{:05}.png".format, base_count)
+                    summary.add(outputs.save_image(x_sample, path))
                     base_count += 1
                 all_samples.append(x_samples)
             if not opt.skip_grid:
-                summary.add(outputs.save_grid(all_samples, os.path.join(opt.outdir, f"grid-{grid_count:04}.png"),
+                grid_path, grid_count = outputs.claim(opt.outdir, "grid-{:04}.png".format, grid_count)
+                summary.add(outputs.save_grid(all_samples, grid_path,
                                               nrow=n_rows))
                 grid_count += 1
 

@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
     size = int(config.model.params.get("image_size"))
     shape = [inputs.latent_channels(config.model), size, size]
     inputs.require_file(files.ckpt, "checkpoint")
+    inputs.check_steps(config.model, opt.ddim_steps, "--ddim_steps")
+    from ldm.scripting.outputs import check_outdir
+
+    check_outdir(opt.outdir)
 
     cli.setup_threads(opt)
     import torch
@@ -101,11 +105,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                            unconditional_conditioning=uc)
             x_samples = outputs.decode_to_unit(model, samples)
             for x_sample in x_samples:
-                path = os.path.join(sample_path, f"class{class_label:04}_{base_count:04}.png")
+                path, base_count = outputs.claim(sample_path, lambda i: f"class{class_label:04}_{i:04}.png", base_count)
                 summary.add(outputs.save_image(x_sample, path))
                 base_count += 1
             all_samples.append(x_samples)
-    summary.add(outputs.save_grid(all_samples, os.path.join(opt.outdir, f"grid-{grid_count:04}.png"), nrow=n))
+    summary.add(outputs.save_grid(all_samples, outputs.claim(opt.outdir, "grid-{:04}.png".format, grid_count)[0], nrow=n))
     summary.print()
     return summary.paths
 

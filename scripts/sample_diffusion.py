@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     from ldm.scripting import loading, outputs, samplers
 
     sampler_name = samplers.resolve_sampler(opt, eta=opt.eta)
+    if sampler_name != "ddpm":
+        inputs.check_steps(config.model, opt.custom_steps, "-c/--custom_steps")
+    outputs.check_outdir(os.path.join(logdir, "samples"), flag="-l/--logdir")
     device = loading.choose_device(opt.device)
     ckpt = files.ckpt
     model, meta = loading.load_model(config, ckpt, device)
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         global_step = 0
     print(f"global step: {global_step}")
 
-    run_dir = os.path.join(logdir, "samples", f"{int(global_step):08}", now)
+    run_dir = str(outputs.claim_dir(os.path.join(logdir, "samples", f"{int(global_step):08}", now)))
     imglogdir = os.path.join(run_dir, "img")
     numpylogdir = os.path.join(run_dir, "numpy")
     os.makedirs(imglogdir)

@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
                              f"latent's size, i.e. a first-stage factor of {UPSCALE}")
         geometry[path] = (lh, lw)
     inputs.require_file(files.ckpt, "checkpoint")
+    inputs.check_steps(config.model, opt.ddim_steps, "--ddim_steps")
+    from ldm.scripting.outputs import check_outdir
+
+    check_outdir(opt.outdir)
 
     cli.setup_threads(opt)
     import torch

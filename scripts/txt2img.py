@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
     h, w = inputs.latent_size(config.model, opt.H, opt.W)
     shape = [inputs.latent_channels(config.model), h, w]
     inputs.require_file(files.ckpt, "checkpoint")
+    inputs.check_steps(config.model, opt.ddim_steps, "--ddim_steps")
+    from ldm.scripting.outputs import check_outdir
+
+    check_outdir(opt.outdir)
 
     cli.setup_threads(opt)
     import torch
@@ -91,10 +95,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                                unconditional_conditioning=uc)
                 x_samples = outputs.decode_to_unit(model, samples)
                 for x_sample in x_samples:
-                    summary.add(outputs.save_image(x_sample, os.path.join(sample_path, f"{base_count:04}.png")))
+                    path, base_count = outputs.claim(sample_path, "{:04}.png".format, base_count)
+                    summary.add(outputs.save_image(x_sample, path))
                     base_count += 1
                 all_samples.append(x_samples)
-            grid_path = os.path.join(opt.outdir, outputs.prompt_filename(prompt))
+            grid_path = outputs.claim_unique(os.path.join(opt.outdir, outputs.prompt_filename(prompt)))
             summary.add(outputs.save_grid(all_samples, grid_path, nrow=opt.n_samples))
 
     summary.print()

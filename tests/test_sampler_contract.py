@@ -28,7 +28,8 @@ def conditioning(model, labels):
 
 
 def test_every_sampler_is_covered():
-    assert {"ddpm", "ddim", "plms", "dpmpp2m", "dpmpp3m", "unipc", "unipc3", "euler_karras", "heun_karras"} <= set(NAMES)
+    assert {"ddpm", "ddim", "plms", "dpmpp2m", "dpmpp3m", "unipc", "unipc3", "euler_karras",
+            "heun_karras"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -117,7 +118,8 @@ def test_callbacks_and_quantized_x0(name, tiny_ldm):
     if name != "plms":  # PLMS reports the x0 of its multistep eps, as the original; the others the denoiser's
         codebook = model.first_stage_model.quantize.embedding.weight  # (n_embed, C)
         last = quantized[-1].permute(0, 2, 3, 1).reshape(-1, SHAPE[0])
-        assert torch.cdist(last, codebook).min(dim=1).values.max() < 2e-4  # codebook entries (straight-through rounding)
+        # codebook entries, up to the rounding of the straight-through estimator
+        assert torch.cdist(last, codebook).min(dim=1).values.max() < 2e-4
 
 
 @pytest.mark.parametrize("name", NAMES)

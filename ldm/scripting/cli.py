@@ -87,6 +87,13 @@ def run_script(main: Callable[[list[str] | None], Any]) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         main(sys.argv[1:])
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:  # missing or unreadable files, bad arguments
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as err:
+        checkpoint = sys.modules.get("ldm.checkpoint")  # imported if a checkpoint was being read
+        if checkpoint is None or not isinstance(err, (checkpoint.InvalidCheckpointError,
+                                                      checkpoint.UnsafeCheckpointError)):
+            raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -163,7 +163,12 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"prompt file not found: {p} (--from-file expects a text file, one prompt per line)")
-    prompts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"prompt file {p} is not UTF-8 text (byte {err.object[err.start]:#04x} at position "
+                         f"{err.start}); save it as UTF-8") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"prompt file {p} holds no prompt (one prompt per line expected)")
     return prompts
@@ -223,6 +228,15 @@ def unet_factor(model_config: DictConfig) -> int:
 def latent_channels(model_config: DictConfig) -> int:
     """Channels of the diffused tensor (``params.channels``, default 3)."""
     return int(_params(model_config).get("channels", 3))
+
+
+def check_steps(model_config: Any, steps: int, flag: str) -> None:
+    """``steps`` sampling steps must fit the model's schedule (``timesteps`` in its config, 1000 by
+    default); checked before the model is loaded."""
+    timesteps = _params(model_config).get("timesteps", 1000)
+    if isinstance(timesteps, int) and steps > timesteps:
+        raise ValueError(f"{flag} {steps} is more than the {timesteps} diffusion steps of the model "
+                         f"(model.params.timesteps in its config); use at most {timesteps}")
 
 
 def latent_size(model_config: DictConfig, H: int, W: int, flag: str = "--H/--W") -> tuple[int, int]:
