@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
     device = loading.choose_device(opt.device)
+    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
     searcher = None
     if opt.use_neighbors:
         searcher = Searcher(opt.database, database_root=opt.database_root, searcher_root=opt.searcher_root)
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     print(f"sampling scale for cfg is {opt.scale:.2f}")
     loading.seed_everything(opt.seed)
 
-    with torch.no_grad(), loading.ema_weights(model):
+    with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
         for _ in trange(opt.n_iter, desc="Sampling"):
             all_samples = []
             for prompts in tqdm(data, desc="data"):

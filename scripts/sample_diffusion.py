@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         inputs.check_steps(config.model, opt.custom_steps, "-c/--custom_steps")
     outputs.check_outdir(os.path.join(logdir, "samples"), flag="-l/--logdir")
     device = loading.choose_device(opt.device)
+    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
     ckpt = files.ckpt
     model, meta = loading.load_model(config, ckpt, device)
     global_step = meta.get("global_step")
@@ -153,6 +154,7 @@ def run(model: torch.nn.Module, sampler_name: str, imglogdir: str, numpylogdir: 
     shape = [model.model.diffusion_model.in_channels, model.model.diffusion_model.image_size,
              model.model.diffusion_model.image_size]
     sampler = make_sampler(sampler_name, model)
+    device = next(model.parameters()).device
     tstart = time.time()
     n_saved = len(glob.glob(os.path.join(imglogdir, "*.png")))
     all_images = []
@@ -160,7 +162,7 @@ def run(model: torch.nn.Module, sampler_name: str, imglogdir: str, numpylogdir: 
     print(f"Running unconditional sampling for {opt.n_samples} samples")
     for i in trange(len(batch_sizes), desc="Sampling Batches (unconditional)"):
         bs = batch_sizes[i]
-        with torch.no_grad(), loading.ema_weights(model):
+        with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
             t0 = time.time()
             samples = samplers.run_sampler(sampler_name, model, opt.custom_steps, bs, shape, eta=opt.eta,
                                            sampler=sampler)

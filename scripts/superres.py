@@ -96,13 +96,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
     device = loading.choose_device(opt.device)
+    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
     model, _ = loading.load_model(config, files.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     os.makedirs(opt.outdir, exist_ok=True)
     summary = outputs.OutputSummary()
     channels = inputs.latent_channels(config.model)
     loading.seed_everything(opt.seed)
-    with torch.no_grad(), loading.ema_weights(model):
+    with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
         for path in tqdm(low_res, desc="Super-resolution"):
             c = model.get_learned_conditioning(load_low_res(path, device))  # (1, 3, h, w)
             samples = samplers.run_sampler(sampler_name, model, opt.ddim_steps, 1, [channels, *geometry[path]],
