@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     sampler_name = samplers.resolve_sampler(opt, eta=opt.eta)
     if sampler_name != "ddpm":
         inputs.check_steps(config.model, opt.custom_steps, "-c/--custom_steps")
-    outputs.check_outdir(os.path.join(logdir, "samples"), flag="-l/--logdir")
     device = loading.choose_device(opt.device)
     loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
+    outputs.check_outdir(os.path.join(logdir, "samples"), flag="-l/--logdir")
     ckpt = files.ckpt
     model, meta = loading.load_model(config, ckpt, device)
     global_step = meta.get("global_step")
