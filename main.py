@@ -118,6 +118,15 @@ def parse_devices(value: Any) -> Any:
         raise UsageError(f"devices must be a count or a comma-separated list of ids like '0,1'; got {value!r}")
 
 
+def check_device_count(devices: Any) -> None:
+    """A device count is >= 1 (or -1 / 'auto' for all); a list of ids is non-empty and non-negative."""
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        if not devices or any(not isinstance(d, int) or d < 0 for d in devices):
+            raise UsageError(f"devices must list device ids >= 0, such as '0,1'; got {list(devices)!r}")
+    elif isinstance(devices, int) and (devices == 0 or devices < -1):
+        raise UsageError(f"devices must be a count >= 1, -1 or 'auto' for all, or ids like '0,'; got {devices}")
+
+
 def parse_overrides(unknown: list[str]) -> DictConfig:
     """Trailing ``key=value`` arguments; anything else is an unknown flag."""
     for arg in unknown:
@@ -126,6 +135,10 @@ def parse_overrides(unknown: list[str]) -> DictConfig:
                              f"(config values are set as key=value, e.g. lightning.trainer.max_steps=100)")
         if "=" not in arg:
             raise UsageError(f"unexpected argument {arg!r}: config overrides take the form key=value")
+        key = arg.split("=", 1)[0]
+        if any(not part.strip() for part in key.split(".")):
+            raise UsageError(f"override {arg!r} from the command line has an empty key; write key=value with a "
+                             f"dotted key such as lightning.trainer.max_steps=100")
     return OmegaConf.from_dotlist(unknown)
 
 
@@ -174,6 +187,8 @@ def build(config_files: list[str], config: DictConfig) -> Any:
         raise UsageError(f"config error in {', '.join(config_files)}: {err}")
     except (InvalidCheckpointError, UnsafeCheckpointError) as err:
         raise UsageError(f"a checkpoint named in {', '.join(config_files)} (ckpt_path) cannot be used: {err}")
+    except OSError as err:  # missing data folders, file lists naming missing files, unreadable files
+        raise UsageError(f"in {', '.join(config_files)}: {err}")
 
 
 def load_configs(paths: list[str], overrides: DictConfig) -> DictConfig:
@@ -184,10 +199,23 @@ def load_configs(paths: list[str], overrides: DictConfig) -> DictConfig:
         if not os.path.isfile(path):
             raise UsageError(f"config file {path!r} does not exist")
         try:
-            configs.append(OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
         except Exception as err:  # noqa: BLE001 - any parse error becomes a usage error naming the file
             raise UsageError(f"config file {path!r} is not valid YAML: {err}")
-    return OmegaConf.merge(*configs, overrides)
+        if not isinstance(loaded, DictConfig):
+            raise UsageError(f"config file {path!r} holds a {type(loaded).__name__} at the top level; expected a "
+                             f"mapping with model, data and lightning sections")
+        configs.append(loaded)
+    from ldm.config_checks import ConfigValueError, check_override_keys, check_values, override_paths
+
+    base = OmegaConf.merge(*configs)
+    try:
+        check_override_keys(base, overrides, paths)
+        merged = OmegaConf.merge(base, overrides)
+        check_values(merged, override_paths(overrides), paths)
+    except ConfigValueError as err:
+        raise UsageError(str(err)) from None
+    return merged
 
 
 def build_trainer_config(opt: argparse.Namespace, lightning_config: DictConfig) -> tuple[DictConfig, int]:
@@ -212,7 +240,14 @@ def build_trainer_config(opt: argparse.Namespace, lightning_config: DictConfig) 
         trainer_config["devices"] = devices
     if "devices" in trainer_config:
         trainer_config["devices"] = parse_devices(trainer_config["devices"])
+        check_device_count(trainer_config["devices"])
     trainer_config.setdefault("accelerator", "auto")
+    accelerator = str(trainer_config["accelerator"]).lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UsageError(f"accelerator {trainer_config['accelerator']!r} asks for CUDA, but no CUDA device is "
+                         f"available here; use --accelerator cpu (or auto)")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("accelerator 'mps' asks for Apple's GPU, which is not available here; use --accelerator cpu")
     allowed = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
     unknown = sorted(set(trainer_config) - allowed)
     if unknown:
@@ -315,13 +350,14 @@ def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, 
         "learning_rate_logger": {"target": "pytorch_lightning.callbacks.LearningRateMonitor",
                                  "params": {"logging_interval": "step"}},
         "cuda_callback": {"target": "ldm.callbacks.CUDACallback"},
-        "signal_checkpoint": {"target": "ldm.callbacks.SignalCheckpoint", "params": {"ckptdir": ckptdir}},
     }
     # On a terminal, the bar; otherwise (a log file, a scheduler, CI) one line of progress every 20 seconds.
     if not output_is_terminal():
         defaults["progress_log"] = {"target": "ldm.callbacks.ProgressLog", "params": {"interval": 20}}
     elif lightning_config.trainer.get("enable_progress_bar", True):
         defaults["progress_bar"] = {"target": "ldm.callbacks.StepProgressBar"}
+    # After the progress callbacks, so that the step a stop signal ends on is reported before it stops.
+    defaults["signal_checkpoint"] = {"target": "ldm.callbacks.SignalCheckpoint", "params": {"ckptdir": ckptdir}}
     user = lightning_config.get("callbacks", OmegaConf.create())
     if "metrics_over_trainsteps_checkpoint" in user:
         defaults["metrics_over_trainsteps_checkpoint"] = {
@@ -337,6 +373,11 @@ def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, 
             cfg.target = "ldm.callbacks.ImageLogger"
         callbacks.append(instantiate_from_config(cfg))
     return callbacks
+
+
+def _drop_advertisements(record: logging.LogRecord) -> bool:
+    """Lightning logs a tip about a hosted experiment tracker at the start of every fit."""
+    return "litlogger" not in record.getMessage()
 
 
 def fit(trainer: Any, model: Any, data: Any, ckpt: str) -> None:
@@ -370,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     # Raised inside Lightning's own use of torch.utils._pytree; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_drop_advertisements)
     now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
     sys.path.append(os.getcwd())
     parser = get_parser()
@@ -420,8 +462,13 @@ def main(argv: list[str] | None = None) -> None:
     data = None
     if "data" in config:
         data = build(opt.base, config.data)
-        data.prepare_data()
-        data.setup(stage="fit" if opt.train else "test")
+        from ldm.util import ConfigError
+
+        try:
+            data.prepare_data()
+            data.setup(stage="fit" if opt.train else "test")
+        except (ConfigError, OSError) as err:  # the datasets are built here: missing or empty folders and lists
+            raise UsageError(f"data config in {', '.join(opt.base)}: {err}") from None
         for name, dataset in data.datasets.items():
             logger.info("%s: %s with %d examples", name, dataset.__class__.__name__, len(dataset))
         if opt.train and opt.check_images > 0:

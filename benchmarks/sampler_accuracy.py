@@ -159,10 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'best registered sampler':66s}" + "".join(f"{e:10.1e}" for e in best))
         print(f"{'  vs DPM-Solver++(2M) on the Karras grid (ratio, >= 1 is as good)':66s}"
               + "".join(f"{k / e:10.1f}" for k, e in zip(karras, best)))
-        print(f"{'  vs DPMSolverSampler, first-order final step < 10 (ratio)':66s}" + "".join(f"{o / e:10.1f}" for o, e in zip(before, best)))
+        print(f"{'  vs DPMSolverSampler, first-order final step < 10 (ratio)':66s}"
+              + "".join(f"{o / e:10.1f}" for o, e in zip(before, best)))
         ok &= all(e <= k for e, k in zip(best, karras))
-    print(f"\nthe best registered sampler is at least as accurate as DPM-Solver++(2M) on the Karras grid at every budget: "
-          f"{'PASS' if ok else 'FAIL'}")
+    print("\nthe best registered sampler is at least as accurate as DPM-Solver++(2M) on the Karras grid at every "
+          f"budget: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 
 

@@ -15,8 +15,15 @@ arbitrary global:
   Lightning version (if any) is installed;
 * anything else (``os.system``, ``builtins.eval``, ``subprocess.Popen``, ``functools.partial``, ...)
   raises `UnsafeCheckpointError` naming the global, the file and the reason, before it is called;
-* the opcodes that call or mutate objects (REDUCE, NEWOBJ, INST/OBJ, BUILD) are re-checked, so only
-  allow-listed callables ever run, and state is only set on stand-ins, arrays and OrderedDicts.
+* the opcodes that call or mutate objects (REDUCE, NEWOBJ, INST/OBJ, BUILD, SETITEM, APPEND) are
+  re-checked: only allow-listed callables run, each with a check of its arguments (``bytes(10**12)``,
+  ``list(range(...))`` or a preallocating numpy ``_reconstruct`` are refused), and state is only set on
+  stand-ins and arrays (never attributes that would shadow a container's methods);
+* what a file may allocate is bounded by its size: tensor storages may not claim more bytes than the
+  file holds, tensors may not reach outside their storage or repeat it (stride 0), and the loaded object
+  graph, walked as a tree, may not expand beyond a small multiple of the file (shared references);
+* the format is read from the content (zip, legacy pickle, safetensors), whatever the file's name, and
+  directories, FIFOs, devices and sockets are named for what they are, never opened.
 
 ``.safetensors`` files load through ``safetensors.torch.load_file``. `save_checkpoint_atomic` writes
 through a temporary file, fsync and a rename. ``python -m ldm.checkpoint convert in.ckpt

@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     init_image = load_image(opt.init_img, inputs.first_stage_factor(config.model)
                             * inputs.unet_factor(config.model))
     inputs.require_file(files.ckpt, "checkpoint")
+    inputs.check_steps(config.model, opt.ddim_steps, "--ddim_steps")
 
     cli.setup_threads(opt)
     import torch
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
     device = loading.choose_device(opt.device)
+    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
+    outputs.check_outdir(opt.outdir)  # after the checks that need no folder
     model, _ = loading.load_model(config, files.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     steps = None if sampler_name == "ddpm" else opt.ddim_steps  # ddpm: strength applies to every training step
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     n = opt.n_samples
     loading.seed_everything(opt.seed)
     all_samples = []
-    with torch.no_grad(), loading.ema_weights(model):
+    with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
         init_latent = model.get_first_stage_encoding(model.encode_first_stage(to_tensor(init_image).to(device)))
         init_latent = init_latent.repeat(n, 1, 1, 1)  # (n, C, h, w)
         c, uc = None, None
@@ -158,10 +161,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                       unconditional_conditioning=uc, verbose=False)
             x_samples = outputs.decode_to_unit(model, samples)
             for x_sample in x_samples:
-                summary.add(outputs.save_image(x_sample, os.path.join(sample_path, f"{base_count:04}.png")))
+                path, base_count = outputs.claim(sample_path, "{:04}.png".format, base_count)
+                summary.add(outputs.save_image(x_sample, path))
                 base_count += 1
             all_samples.append(x_samples)
-    summary.add(outputs.save_grid(all_samples, os.path.join(opt.outdir, f"grid-{grid_count:04}.png"), nrow=n))
+    summary.add(outputs.save_grid(all_samples, outputs.claim(opt.outdir, "grid-{:04}.png".format, grid_count)[0], nrow=n))
     summary.print()
     return summary.paths
 

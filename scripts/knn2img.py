@@ -86,9 +86,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
         data = [batch_size * [opt.prompt]]
     files = cli.model_files(opt)
     config = inputs.load_config(files.configs)
+    inputs.check_conditioning(config.model, ("nix",), "knn2img.py", ", ".join(map(str, files.configs)))
     h, w = inputs.latent_size(config.model, opt.H, opt.W)
     shape = [inputs.latent_channels(config.model), h, w]
     inputs.require_file(files.ckpt, "checkpoint")
+    inputs.check_steps(config.model, opt.ddim_steps, "--ddim_steps")
 
     cli.setup_threads(opt)
     import torch
@@ -99,6 +101,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
     device = loading.choose_device(opt.device)
+    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
+    outputs.check_outdir(opt.outdir)  # after the checks that need no folder
     searcher = None
     if opt.use_neighbors:
         searcher = Searcher(opt.database, database_root=opt.database_root, searcher_root=opt.searcher_root)
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     print(f"sampling scale for cfg is {opt.scale:.2f}")
     loading.seed_everything(opt.seed)
 
-    with torch.no_grad(), loading.ema_weights(model):
+    with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
         for _ in trange(opt.n_iter, desc="Sampling"):
             all_samples = []
             for prompts in tqdm(data, desc="data"):
@@ -130,11 +134,13 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                                unconditional_guidance_scale=opt.scale, unconditional_conditioning=uc)
                 x_samples = outputs.decode_to_unit(model, samples)
                 for x_sample in x_samples:
-                    summary.add(outputs.save_image(x_sample, os.path.join(sample_path, f"{base_count:05}.png")))
+                    path, base_count = outputs.claim(sample_path, "{:05}.png".format, base_count)
+                    summary.add(outputs.save_image(x_sample, path))
                     base_count += 1
                 all_samples.append(x_samples)
             if not opt.skip_grid:
-                summary.add(outputs.save_grid(all_samples, os.path.join(opt.outdir, f"grid-{grid_count:04}.png"),
+                grid_path, grid_count = outputs.claim(opt.outdir, "grid-{:04}.png".format, grid_count)
+                summary.add(outputs.save_grid(all_samples, grid_path,
                                               nrow=n_rows))
                 grid_count += 1
 

@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     size = int(config.model.params.get("image_size"))
     shape = [inputs.latent_channels(config.model), size, size]
     inputs.require_file(files.ckpt, "checkpoint")
+    inputs.check_steps(config.model, opt.ddim_steps, "--ddim_steps")
 
     cli.setup_threads(opt)
     import torch
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
     device = loading.choose_device(opt.device)
+    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
+    outputs.check_outdir(opt.outdir)  # after the checks that need no folder
     model, _ = loading.load_model(config, files.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     sample_path, base_count, grid_count = outputs.prepare_outdir(opt.outdir)
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     n = opt.n_samples_per_class
     loading.seed_everything(opt.seed)
     all_samples = []
-    with torch.no_grad(), loading.ema_weights(model):
+    with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
         uc = None
         if opt.scale != 1.0:
             uc = model.get_learned_conditioning({cond_key: torch.tensor(n * [opt.uncond_class], device=device)})
@@ -101,11 +104,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                            unconditional_conditioning=uc)
             x_samples = outputs.decode_to_unit(model, samples)
             for x_sample in x_samples:
-                path = os.path.join(sample_path, f"class{class_label:04}_{base_count:04}.png")
+                path, base_count = outputs.claim(sample_path, lambda i: f"class{class_label:04}_{i:04}.png", base_count)
                 summary.add(outputs.save_image(x_sample, path))
                 base_count += 1
             all_samples.append(x_samples)
-    summary.add(outputs.save_grid(all_samples, os.path.join(opt.outdir, f"grid-{grid_count:04}.png"), nrow=n))
+    summary.add(outputs.save_grid(all_samples, outputs.claim(opt.outdir, "grid-{:04}.png".format, grid_count)[0], nrow=n))
     summary.print()
     return summary.paths
 

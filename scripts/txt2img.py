@@ -57,9 +57,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise ValueError("give a --prompt or a --from-file")
     files = cli.model_files(opt)
     config = inputs.load_config(files.configs)
+    inputs.check_conditioning(config.model, ("caption",), "txt2img.py", ", ".join(map(str, files.configs)))
     h, w = inputs.latent_size(config.model, opt.H, opt.W)
     shape = [inputs.latent_channels(config.model), h, w]
     inputs.require_file(files.ckpt, "checkpoint")
+    inputs.check_steps(config.model, opt.ddim_steps, "--ddim_steps")
 
     cli.setup_threads(opt)
     import torch
@@ -70,13 +72,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
     device = loading.choose_device(opt.device)
+    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
+    outputs.check_outdir(opt.outdir)  # after the checks that need no folder
     model, _ = loading.load_model(config, files.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     sample_path, base_count, _ = outputs.prepare_outdir(opt.outdir)
     summary = outputs.OutputSummary()
     loading.seed_everything(opt.seed)
 
-    with torch.no_grad(), loading.ema_weights(model):
+    with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
         uc = None
         if opt.scale != 1.0:
             uc = model.get_learned_conditioning(opt.n_samples * [""])
@@ -90,10 +94,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                                unconditional_conditioning=uc)
                 x_samples = outputs.decode_to_unit(model, samples)
                 for x_sample in x_samples:
-                    summary.add(outputs.save_image(x_sample, os.path.join(sample_path, f"{base_count:04}.png")))
+                    path, base_count = outputs.claim(sample_path, "{:04}.png".format, base_count)
+                    summary.add(outputs.save_image(x_sample, path))
                     base_count += 1
                 all_samples.append(x_samples)
-            grid_path = os.path.join(opt.outdir, outputs.prompt_filename(prompt))
+            grid_path = outputs.claim_unique(os.path.join(opt.outdir, outputs.prompt_filename(prompt)))
             summary.add(outputs.save_grid(all_samples, grid_path, nrow=opt.n_samples))
 
     summary.print()

@@ -296,3 +296,21 @@ def test_first_stage_ckpt_path_must_fit(tmp_path, case):
     assert message.startswith("main.py: error: a checkpoint named in") and expected in message, message
     assert "\n" not in message
     assert not (tmp_path / "logs").exists() or not list((tmp_path / "logs").rglob("*.ckpt"))
+
+
+def test_slurm_auto_requeue_keeps_lightnings_sigusr1_handling():
+    """Under SLURM with auto-requeue, SIGUSR1 is Lightning's (checkpoint and requeue); elsewhere it is ours."""
+    import types
+
+    from lightning_fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    from ldm.callbacks import SignalCheckpoint
+
+    def trainer_in(environment):
+        return types.SimpleNamespace(_accelerator_connector=types.SimpleNamespace(cluster_environment=environment))
+
+    callback = SignalCheckpoint(ckptdir="unused")
+    slurm = callback._handled_signals(trainer_in(SLURMEnvironment(auto_requeue=True)))
+    assert signal.SIGUSR1 not in slurm and {signal.SIGTERM, signal.SIGINT} <= set(slurm)
+    assert signal.SIGUSR1 in callback._handled_signals(trainer_in(SLURMEnvironment(auto_requeue=False)))
+    assert signal.SIGUSR1 in callback._handled_signals(trainer_in(LightningEnvironment()))

@@ -163,7 +163,7 @@ def config_with_image_folder(tmp_path: Path, root: Path) -> Path:
 
 def test_missing_data_path(tmp_path):
     missing = tmp_path / "no_such_folder"
-    with pytest.raises(Exception, match=str(missing)):
+    with pytest.raises(SystemExit, match=f"data config in .*{missing}.* not found"):
         run_main(tmp_path / "logs", "-b", str(config_with_image_folder(tmp_path, missing)), "-t")
     assert not list(tmp_path.glob("logs/*/checkpoints/*.ckpt"))
 

@@ -280,7 +280,7 @@ def test_txt2img_argument_errors(txt2img_ckpt, tmp_path, monkeypatch):
     config, ckpt = txt2img_ckpt
     forbid_model_loading(monkeypatch)
     main = script("txt2img").main
-    common = ["--outdir", str(tmp_path), "--config", str(config), "--ckpt", str(ckpt)]
+    common = ["--ddim_steps", "5", "--outdir", str(tmp_path), "--config", str(config), "--ckpt", str(ckpt)]
     with pytest.raises(FileNotFoundError, match="prompt file not found: .*nope.txt"):
         main(common + ["--from-file", str(tmp_path / "nope.txt")])
     with pytest.raises(ValueError, match="--H 250 must be a positive multiple of 4"):
@@ -547,7 +547,7 @@ def test_knn2img_argument_errors(tmp_path, monkeypatch):
         main(["--use_neighbors", "--knn", "21"])
     with pytest.raises(FileNotFoundError, match="no .npz files in the retrieval database"):
         main(["--use_neighbors", "--database_root", str(tmp_path), "--config", str(CONFIGS / "tiny-rdm.yaml"),
-              "--ckpt", str(CONFIGS / "tiny-rdm.yaml"), "--H", "16", "--W", "16"])
+              "--ckpt", str(CONFIGS / "tiny-rdm.yaml"), "--H", "16", "--W", "16", "--ddim_steps", "5"])
     with pytest.raises(SystemExit):
         main(["--database", "not-a-database"])
 

@@ -163,10 +163,35 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"prompt file not found: {p} (--from-file expects a text file, one prompt per line)")
-    prompts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"prompt file {p} is not UTF-8 text (byte {err.object[err.start]:#04x} at position "
+                         f"{err.start}); save it as UTF-8") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"prompt file {p} holds no prompt (one prompt per line expected)")
     return prompts
+
+
+#: The script that samples a model, by what the model is conditioned on (`conditioning_of`).
+SCRIPT_FOR_CONDITIONING = {None: "scripts/sample_diffusion.py", "class_label": "scripts/sample_cin.py",
+                           "caption": "scripts/txt2img.py", "LR_image": "scripts/superres.py",
+                           "masked_image": "scripts/inpaint.py", "nix": "scripts/knn2img.py"}
+
+
+def check_conditioning(model_config: Any, wanted: tuple[str | None, ...], script: str, where: str) -> None:
+    """ValueError, before any model is built, unless the model of a config is conditioned on one of
+    ``wanted`` (None: unconditional); the message names the script for the model it is."""
+    cond = conditioning_of(model_config)
+    if cond in wanted:
+        return
+    names = ", ".join("nothing (unconditional)" if w is None else repr(w) for w in wanted)
+    kind = "unconditional" if cond is None else f"conditioned on {cond!r} (model.params.cond_stage_key)"
+    other = SCRIPT_FOR_CONDITIONING.get(cond)
+    suggestion = (f"; sample it with {other} (--ckpt takes the same checkpoint or run folder)" if other
+                  else "; no script here samples it")
+    raise ValueError(f"{where}: {script} samples models conditioned on {names}; this one is {kind}{suggestion}")
 
 
 def null_class(model_config: Any, n_classes: int) -> int:
@@ -203,6 +228,15 @@ def unet_factor(model_config: DictConfig) -> int:
 def latent_channels(model_config: DictConfig) -> int:
     """Channels of the diffused tensor (``params.channels``, default 3)."""
     return int(_params(model_config).get("channels", 3))
+
+
+def check_steps(model_config: Any, steps: int, flag: str) -> None:
+    """``steps`` sampling steps must fit the model's schedule (``timesteps`` in its config, 1000 by
+    default); checked before the model is loaded."""
+    timesteps = _params(model_config).get("timesteps", 1000)
+    if isinstance(timesteps, int) and steps > timesteps:
+        raise ValueError(f"{flag} {steps} is more than the {timesteps} diffusion steps of the model "
+                         f"(model.params.timesteps in its config); use at most {timesteps}")
 
 
 def latent_size(model_config: DictConfig, H: int, W: int, flag: str = "--H/--W") -> tuple[int, int]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -69,10 +69,65 @@ def prompt_filename(prompt: str) -> str:
 
 def prepare_outdir(outdir: str | os.PathLike) -> tuple[str, int, int]:
     """Create ``<outdir>/samples``; returns its path and the numbers the next sample and the next grid
-    get, so that repeated runs into one folder add files instead of overwriting them (as the original)."""
+    get, so that repeated runs into one folder add files instead of overwriting them (as the original).
+    The numbers are where `claim` starts looking: a name another run holds is skipped, never reused."""
     sample_path = os.path.join(outdir, "samples")
     os.makedirs(sample_path, exist_ok=True)
     return sample_path, count_entries(sample_path), count_entries(outdir) - 1
+
+
+def check_outdir(outdir: str | os.PathLike, flag: str = "--outdir") -> Path:
+    """Create ``outdir`` and make sure this process can write there, before any model is loaded; a
+    ValueError names the flag, the folder and the reason otherwise."""
+    import tempfile
+
+    path = Path(outdir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {os.fspath(outdir)!r} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"{flag} {os.fspath(outdir)!r} cannot be written: {err.strerror or err}") from None
+    return path
+
+
+def claim(folder: str | os.PathLike, name: Callable[[int], str], start: int = 0) -> tuple[Path, int]:
+    """The first free file name ``name(i)`` in ``folder`` for i >= ``start``, created empty with O_EXCL so
+    that no other process can take it (concurrent runs into one folder never overwrite each other's
+    files), and the index used. The caller then writes the file atomically over the placeholder."""
+    i = max(start, 0)
+    while True:
+        path = Path(folder) / name(i)
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return path, i
+        except FileExistsError:
+            i += 1
+
+
+def claim_unique(path: str | os.PathLike) -> Path:
+    """``path``, or ``<stem>-1<suffix>``, ``<stem>-2<suffix>``, ... if taken, created empty with O_EXCL."""
+    path = Path(path)
+    claimed, _ = claim(path.parent, lambda i: path.name if i == 0 else f"{path.stem}-{i}{path.suffix}")
+    return claimed
+
+
+def claim_dir(path: str | os.PathLike) -> Path:
+    """Create the folder ``path`` (parents as needed), or ``<path>-1``, ``<path>-2``, ... if it exists:
+    mkdir is atomic, so two runs started in the same second get two folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    i = 0
+    while True:
+        candidate = path if i == 0 else path.with_name(f"{path.name}-{i}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            i += 1
 
 
 def count_entries(folder: str | os.PathLike) -> int:

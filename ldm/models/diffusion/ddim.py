@@ -72,13 +72,12 @@ class DDIMSampler(Sampler):
                           noise: torch.Tensor | None = None) -> torch.Tensor:
         """Noise x_0 to DDIM step index ``t`` in one go (fast, but not an exact inversion)."""
         if use_original_steps:
-            sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod = self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod
-        else:
-            sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod = self.ddim_alphas.sqrt(), self.ddim_sqrt_one_minus_alphas
+            signal, noise_level = self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod
+        else:  # the DDIM steps
+            signal, noise_level = self.ddim_alphas.sqrt(), self.ddim_sqrt_one_minus_alphas
         noise = torch.randn_like(x0) if noise is None else noise
-        t = t.to(sqrt_alphas_cumprod.device)
-        return (extract_into_tensor(sqrt_alphas_cumprod, t, x0.shape) * x0
-                + extract_into_tensor(sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise)
+        t = t.to(signal.device)
+        return extract_into_tensor(signal, t, x0.shape) * x0 + extract_into_tensor(noise_level, t, x0.shape) * noise
 
     @torch.no_grad()
     def decode(self, x_latent: torch.Tensor, cond: Any, t_start: int, unconditional_guidance_scale: float = 1.0,

@@ -180,7 +180,8 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
     def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         """The network's output (eps or x0, per ``parameterization``) for ``x_noisy`` at steps ``t``."""
         if cond is not None:
-            raise ValueError(f"{type(self).__name__} is unconditional; got a conditioning of type {type(cond).__name__}")
+            raise ValueError(f"{type(self).__name__} is unconditional; got a conditioning of type "
+                             f"{type(cond).__name__}")
         return self.model(x_noisy, t)
 
     def quantize_latent(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,7 +190,7 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
 
     @torch.no_grad()
     def p_sample_loop(self, shape: Sequence[int], return_intermediates: bool = False, verbose: bool = True):
-        """Ancestral sampling from pure noise of ``shape`` (`DDPMSampler`; one `torch.randn` per step, as the original)."""
+        """Ancestral sampling from pure noise of ``shape`` (`DDPMSampler`, one `torch.randn` a step as the original)."""
         img, intermediates = DDPMSampler(self).sample(None, shape[0], shape[1:], verbose=verbose,
                                                       log_every_t=self.log_every_t)
         return (img, intermediates["x_inter"]) if return_intermediates else img

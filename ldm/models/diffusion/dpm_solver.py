@@ -79,7 +79,7 @@ class DPMSolverSampler(Sampler):
 
     @torch.no_grad()
     def sample(self, S: int | None, *args: Any, timesteps: Sequence[int] | None = None, **kwargs: Any):
-        """Solve the probability-flow ODE from x_T in ``S`` steps (or along ``timesteps``); returns (x, intermediates)."""
+        """Solve the probability-flow ODE from x_T in ``S`` steps or along ``timesteps``; returns (x, intermediates)."""
         if timesteps is not None:
             grid = check_timesteps(timesteps, self.schedule.num_timesteps)
             if S is not None and int(S) != len(grid) - 1:

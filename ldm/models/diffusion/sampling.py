@@ -60,8 +60,7 @@ def inpainting(step: Step, mask: torch.Tensor, x0: torch.Tensor) -> Step:
 
 
 def ancestral(model, x, sigmas, i, state, noise, eta: float = 1.0):
-    """DDIM (Song et al. 2021, eq. 12, noise set by eta as in eq. 16); eta = 1 over every training step is
-    ancestral DDPM sampling (Ho et al. 2020, Algorithm 2)."""
+    """DDIM (Song et al. 2021, eqs. 12 and 16); with eta = 1 on every step, DDPM (Ho et al. 2020, Algorithm 2)."""
     s, s_next = sigmas[i], sigmas[i + 1]
     denoised = model(x, s)
     up = min(s_next, eta * math.sqrt(max(s_next ** 2 * (s ** 2 - s_next ** 2) / s ** 2, 0.0)))
@@ -70,8 +69,7 @@ def ancestral(model, x, sigmas, i, state, noise, eta: float = 1.0):
 
 
 def plms(model, x, sigmas, i, state, noise):
-    """PLMS (Liu et al. 2022, "Pseudo Numerical Methods for Diffusion Models on Manifolds"): Adams-Bashforth
-    on eps over the last four steps, a pseudo improved-Euler (Heun) first step."""
+    """PLMS (Liu et al. 2022, eq. 12): Adams-Bashforth on eps over four steps, a pseudo improved-Euler first."""
     s, s_next = sigmas[i], sigmas[i + 1]
     eps = (x - model(x, s)) / s
     noise(x, i)  # the original draws (unused) noise once per DDIM update; kept so a seed gives its images
@@ -86,8 +84,7 @@ def plms(model, x, sigmas, i, state, noise):
 
 
 def dpmpp(model, x, sigmas, i, state, noise, order: int = 2, lower_order_final: bool = False):
-    """DPM-Solver++(2M) and (3M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2 and its third-order
-    multistep analogue): exponential integrators in the half log-SNR lambda = -log sigma."""
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) and its third-order multistep analogue (3M)."""
     s, s_next = sigmas[i], sigmas[i + 1]
     denoised = model(x, s)
     history = state[-(order - 1):] if order > 1 and not (lower_order_final and i == len(sigmas) - 2) else []
@@ -113,8 +110,7 @@ def dpmpp(model, x, sigmas, i, state, noise, order: int = 2, lower_order_final: 
 
 
 def unipc(model, x, sigmas, i, state, noise, order: int = 3, lower_order_final: bool = False):
-    """UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework", Algorithms 1-2, B(h) =
-    e^h - 1): the UniP-p predictor, and the UniC corrector that reuses the next evaluation (no extra one)."""
+    """UniPC (Zhao et al. 2023, Algorithms 1-2, B(h) = e^h - 1): UniP predictor, UniC corrector at no extra cost."""
     s, s_next = sigmas[i], sigmas[i + 1]
     denoised = model(x, s)
     if state and state[-1][2] is not None:  # correct x_i with the evaluation at the predicted x_i
@@ -148,7 +144,7 @@ def unipc(model, x, sigmas, i, state, noise, order: int = 3, lower_order_final: 
 
 
 def heun(model, x, sigmas, i, state, noise):
-    """Heun's second-order method (Karras et al. 2022, Algorithm 1 without churn); Euler for a step to sigma = 0."""
+    """Heun's method (Karras et al. 2022, Algorithm 1 without churn); Euler for a step to sigma = 0."""
     s, s_next = sigmas[i], sigmas[i + 1]
     denoised = model(x, s)
     d = (x - denoised) / s
@@ -332,5 +328,6 @@ class DDPMSampler(Sampler):
         if self.model.shorten_cond_schedule:
             raise ValueError("DDPMSampler does not support num_timesteps_cond > 1 (shorten_cond_schedule)")
         if self.model.v_posterior != 0:
-            raise ValueError(f"ancestral sampling takes the posterior variance of v_posterior=0; got {self.model.v_posterior}")
+            raise ValueError(f"ancestral sampling takes the posterior variance of v_posterior=0; "
+                             f"got {self.model.v_posterior}")
         return super().sample(S, *args, eta=1.0, **kwargs)
