@@ -74,9 +74,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
     shape = [inputs.latent_channels(config.model), size, size]
     inputs.require_file(files.ckpt, "checkpoint")
     inputs.check_steps(config.model, opt.ddim_steps, "--ddim_steps")
-    from ldm.scripting.outputs import check_outdir
-
-    check_outdir(opt.outdir)
 
     cli.setup_threads(opt)
     import torch
@@ -88,6 +85,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
     device = loading.choose_device(opt.device)
     loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
+    outputs.check_outdir(opt.outdir)  # after the checks that need no folder
     model, _ = loading.load_model(config, files.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     sample_path, base_count, grid_count = outputs.prepare_outdir(opt.outdir)
