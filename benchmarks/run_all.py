@@ -139,12 +139,14 @@ def timed(fn, reps: int) -> float:
 
 
 def recipe_state(model, seed: int = 0) -> dict:
-    """Seeded weights for every parameter of ``model``: randn * fan_in**-0.5 for matrices, randn * 0.02 for vectors."""
+    """Seeded weights for ``model``'s parameters: randn * fan_in**-0.5 for matrices, randn * 0.02 for vectors."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     state = {}
-    for name, p in model.named_parameters():
+    # parameters, and buffers that copy them (EMA weights): everything the meta-device build left empty
+    tensors = [*model.named_parameters(), *((n, b) for n, b in model.named_buffers() if b.is_meta)]
+    for name, p in tensors:
         w = torch.randn(p.shape, generator=g)
         w.mul_(p.shape[1:].numel() ** -0.5 if p.ndim >= 2 else 0.02)
         state[name] = w
