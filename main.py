@@ -410,7 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = get_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # key=value overrides may stand anywhere, even right after a flag with an optional value (-t, --no-test).
-    dotlist = [a for a in argv if "=" in a and not a.startswith("-")]
+    # A path with "=" in it (a checkpoint named epoch=000003.ckpt after -r) is an argument, not an override.
+    dotlist = [a for a in argv if "=" in a and not a.startswith("-") and not os.path.exists(a)]
     opt, unknown = parser.parse_known_args([a for a in argv if a not in dotlist])
     overrides = parse_overrides(unknown + dotlist)
     logdir, ckpt = resolve_run_dirs(opt, now)

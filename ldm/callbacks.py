@@ -188,9 +188,9 @@ class RunCheckpoint(ModelCheckpoint):
 
     - ``last.ckpt`` is written before a top-k file, so it exists even when the disk fills up; when a top-k
       file follows, ``last.ckpt`` is written once more so that it knows of it.
-    - On start, temporary files of killed saves are removed; on resume, top-k files that the resumed state
-      does not list (written after it, by a run killed before its next ``last.ckpt``) are removed, so at
-      most ``save_top_k`` of them exist.
+    - On start, temporary files of killed saves are removed; on resume from ``last.ckpt``, top-k files that
+      the resumed state does not list (written after it, by a run killed before its next ``last.ckpt``)
+      are removed, so at most ``save_top_k`` of them exist.
     - The state of a Lightning-1.x ``ModelCheckpoint`` (keyed by class) is restored.
 
     Overrides `ModelCheckpoint._save_topk_checkpoint` and ``_save_last_checkpoint`` (pytorch-lightning 2.x):
@@ -200,6 +200,7 @@ class RunCheckpoint(ModelCheckpoint):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._last_written_first: tuple[int, str] | None = None
+        self._resumed_from: str | None = None
 
     @property
     def state_key(self) -> str:
@@ -238,6 +239,7 @@ class RunCheckpoint(ModelCheckpoint):
             logger.info("Saved the final step %d to %s", trainer.global_step, self.last_model_path)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self._resumed_from = trainer.ckpt_path
         states = checkpoint.get("callbacks") or {}
         legacy = states.get(LEGACY_CALLBACK_KEY + "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint")
         if self.state_key not in states and isinstance(legacy, dict) and "best_model_path" in legacy:
@@ -245,7 +247,11 @@ class RunCheckpoint(ModelCheckpoint):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        if rank_zero_only.rank == 0 and self.dirpath and state_dict.get("dirpath", self.dirpath) == self.dirpath:
+        resumed = os.path.basename(str(self._resumed_from or ""))
+        # only when resuming the newest state (last.ckpt): resuming an older top-k file is a deliberate
+        # step back, and the files after it are kept
+        if rank_zero_only.rank == 0 and self.dirpath and state_dict.get("dirpath", self.dirpath) == self.dirpath \
+                and resumed.startswith(self.CHECKPOINT_NAME_LAST):
             self._remove_unknown_topk_files()
 
     def _remove_unknown_topk_files(self) -> None:
