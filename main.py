@@ -350,13 +350,14 @@ def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, 
         "learning_rate_logger": {"target": "pytorch_lightning.callbacks.LearningRateMonitor",
                                  "params": {"logging_interval": "step"}},
         "cuda_callback": {"target": "ldm.callbacks.CUDACallback"},
-        "signal_checkpoint": {"target": "ldm.callbacks.SignalCheckpoint", "params": {"ckptdir": ckptdir}},
     }
     # On a terminal, the bar; otherwise (a log file, a scheduler, CI) one line of progress every 20 seconds.
     if not output_is_terminal():
         defaults["progress_log"] = {"target": "ldm.callbacks.ProgressLog", "params": {"interval": 20}}
     elif lightning_config.trainer.get("enable_progress_bar", True):
         defaults["progress_bar"] = {"target": "ldm.callbacks.StepProgressBar"}
+    # After the progress callbacks, so that the step a stop signal ends on is reported before it stops.
+    defaults["signal_checkpoint"] = {"target": "ldm.callbacks.SignalCheckpoint", "params": {"ckptdir": ckptdir}}
     user = lightning_config.get("callbacks", OmegaConf.create())
     if "metrics_over_trainsteps_checkpoint" in user:
         defaults["metrics_over_trainsteps_checkpoint"] = {
@@ -372,6 +373,11 @@ def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, 
             cfg.target = "ldm.callbacks.ImageLogger"
         callbacks.append(instantiate_from_config(cfg))
     return callbacks
+
+
+def _drop_advertisements(record: logging.LogRecord) -> bool:
+    """Lightning logs a tip about a hosted experiment tracker at the start of every fit."""
+    return "litlogger" not in record.getMessage()
 
 
 def fit(trainer: Any, model: Any, data: Any, ckpt: str) -> None:
@@ -405,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     # Raised inside Lightning's own use of torch.utils._pytree; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_drop_advertisements)
     now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
     sys.path.append(os.getcwd())
     parser = get_parser()

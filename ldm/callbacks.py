@@ -45,6 +45,9 @@ from ldm.checkpoint import InvalidCheckpointError, is_stand_in, load_checkpoint
 from ldm.util import atomic_path
 
 logger = logging.getLogger(__name__)
+#: Progress of a run (the progress lines, the final checkpoint): a logger of its own, so that a caller
+#: such as the demo can show these lines and silence the rest.
+progress_logger = logging.getLogger(__name__ + ".progress")
 
 #: Temporary files written by `ldm.util.atomic_path`: ``.<name>.<pid>.<8 hex digits>.tmp``.
 _TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
@@ -236,7 +239,7 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-            logger.info("Saved the final step %d to %s", trainer.global_step, self.last_model_path)
+            progress_logger.info("Saved the final step %d to %s", trainer.global_step, self.last_model_path)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         self._resumed_from = trainer.ckpt_path
@@ -574,7 +577,7 @@ class ProgressLog(pl.Callback):
         if trainer.is_global_zero:
             target = f"step {trainer.max_steps}" if _is_step_limited(trainer) else f"{trainer.max_epochs} epochs"
             start = f"from step {trainer.global_step}" if trainer.global_step else "from step 0"
-            logger.info("training %s to %s; progress every %gs", start, target, self.interval)
+            progress_logger.info("training %s to %s; progress every %gs", start, target, self.interval)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -582,7 +585,7 @@ class ProgressLog(pl.Callback):
         first = self._last_step == self._start_step
         done = _is_step_limited(trainer) and trainer.global_step >= trainer.max_steps
         if trainer.is_global_zero and (first or done or now - self._last_time >= self.interval):
-            logger.info(self.line(trainer, outputs, now))
+            progress_logger.info(self.line(trainer, outputs, now))
             self._last_time, self._last_step = now, trainer.global_step
 
     def line(self, trainer: pl.Trainer, outputs: Any, now: float) -> str:

@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from ldm.threads import apply_threads, choose_threads  # noqa: E402
 
+progress = logging.getLogger("demo")
 AE_CONFIG = REPO / "configs" / "demo" / "autoencoder_kl_shapes.yaml"
 LDM_CONFIG = REPO / "configs" / "demo" / "ldm_shapes_cond.yaml"
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> Path:
     opt = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     # The progress lines (a terminal shows the bar instead) and the thread report.
-    for name in ("ldm.callbacks", "ldm.threads"):
+    for name in ("ldm.callbacks.progress", "ldm.threads", "demo"):
         logging.getLogger(name).setLevel(logging.INFO)
     try:
         threads = apply_threads(choose_threads(opt.threads))
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> Path:
                                   unconditional_conditioning=uc, verbose=False)
             x = model.decode_first_stage(z).clamp(-1, 1)
             rows.append(F.interpolate((x + 1) / 2, scale_factor=4, mode="nearest"))
+            progress.info("sampled class %d/%d (%s)", label + 1, len(classes), classes[label])
     grid_path = save_grid(torch.cat(rows).cpu(), outdir / "samples.png", nrow=opt.n_per_class)
     minutes = (time.time() - started) / 60
     names = ", ".join(classes)

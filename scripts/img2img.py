@@ -121,9 +121,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
                             * inputs.unet_factor(config.model))
     inputs.require_file(files.ckpt, "checkpoint")
     inputs.check_steps(config.model, opt.ddim_steps, "--ddim_steps")
-    from ldm.scripting.outputs import check_outdir
-
-    check_outdir(opt.outdir)
 
     cli.setup_threads(opt)
     import torch
@@ -134,6 +131,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
     device = loading.choose_device(opt.device)
+    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
+    outputs.check_outdir(opt.outdir)  # after the checks that need no folder
     model, _ = loading.load_model(config, files.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     steps = None if sampler_name == "ddpm" else opt.ddim_steps  # ddpm: strength applies to every training step
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     n = opt.n_samples
     loading.seed_everything(opt.seed)
     all_samples = []
-    with torch.no_grad(), loading.ema_weights(model):
+    with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
         init_latent = model.get_first_stage_encoding(model.encode_first_stage(to_tensor(init_image).to(device)))
         init_latent = init_latent.repeat(n, 1, 1, 1)  # (n, C, h, w)
         c, uc = None, None

@@ -120,9 +120,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
     check_sizes(pairs, inputs.first_stage_factor(config.model) * inputs.unet_factor(config.model))
     inputs.require_file(files.ckpt, "checkpoint")
     inputs.check_steps(config.model, opt.steps, "--steps")
-    from ldm.scripting.outputs import check_outdir
-
-    check_outdir(opt.outdir)
     print(f"Found {len(pairs)} inputs.")
 
     cli.setup_threads(opt)
@@ -134,12 +131,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     sampler_name = samplers.resolve_sampler(opt)
     device = loading.choose_device(opt.device)
+    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
+    outputs.check_outdir(opt.outdir)  # after the checks that need no folder
     model, _ = loading.load_model(config, files.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     os.makedirs(opt.outdir, exist_ok=True)
     summary = outputs.OutputSummary()
     loading.seed_everything(opt.seed)
-    with torch.no_grad(), loading.ema_weights(model):
+    with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
         for image, mask in tqdm(pairs, desc="Inpainting"):
             batch = make_batch(image, mask, device=device)
             inpainted = inpaint_batch(model, sampler_name, sampler, batch, opt.steps)

@@ -86,13 +86,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
         data = [batch_size * [opt.prompt]]
     files = cli.model_files(opt)
     config = inputs.load_config(files.configs)
+    inputs.check_conditioning(config.model, ("nix",), "knn2img.py", ", ".join(map(str, files.configs)))
     h, w = inputs.latent_size(config.model, opt.H, opt.W)
     shape = [inputs.latent_channels(config.model), h, w]
     inputs.require_file(files.ckpt, "checkpoint")
     inputs.check_steps(config.model, opt.ddim_steps, "--ddim_steps")
-    from ldm.scripting.outputs import check_outdir
-
-    check_outdir(opt.outdir)
 
     cli.setup_threads(opt)
     import torch
@@ -103,6 +101,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
     device = loading.choose_device(opt.device)
+    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
+    outputs.check_outdir(opt.outdir)  # after the checks that need no folder
     searcher = None
     if opt.use_neighbors:
         searcher = Searcher(opt.database, database_root=opt.database_root, searcher_root=opt.searcher_root)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     print(f"sampling scale for cfg is {opt.scale:.2f}")
     loading.seed_everything(opt.seed)
 
-    with torch.no_grad(), loading.ema_weights(model):
+    with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
         for _ in trange(opt.n_iter, desc="Sampling"):
             all_samples = []
             for prompts in tqdm(data, desc="data"):

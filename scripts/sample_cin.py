@@ -74,9 +74,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
     shape = [inputs.latent_channels(config.model), size, size]
     inputs.require_file(files.ckpt, "checkpoint")
     inputs.check_steps(config.model, opt.ddim_steps, "--ddim_steps")
-    from ldm.scripting.outputs import check_outdir
-
-    check_outdir(opt.outdir)
 
     cli.setup_threads(opt)
     import torch
@@ -87,6 +84,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
     device = loading.choose_device(opt.device)
+    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
+    outputs.check_outdir(opt.outdir)  # after the checks that need no folder
     model, _ = loading.load_model(config, files.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     sample_path, base_count, grid_count = outputs.prepare_outdir(opt.outdir)
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     n = opt.n_samples_per_class
     loading.seed_everything(opt.seed)
     all_samples = []
-    with torch.no_grad(), loading.ema_weights(model):
+    with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
         uc = None
         if opt.scale != 1.0:
             uc = model.get_learned_conditioning({cond_key: torch.tensor(n * [opt.uncond_class], device=device)})

@@ -71,17 +71,6 @@ def custom_to_uint8(x: torch.Tensor) -> np.ndarray:
     return (255 * x.permute(1, 2, 0).numpy()).astype(np.uint8)
 
 
-def check_unconditional(model_config: Any, where: str) -> None:
-    """ValueError unless the config's model is unconditional (checked before any weights are read)."""
-    cond = inputs.conditioning_of(model_config)
-    if cond is not None:
-        other = {"class_label": "scripts/sample_cin.py --config <config> --ckpt <checkpoint or run folder>",
-                 "caption": "scripts/txt2img.py --config <config> --ckpt <checkpoint or run folder>"}.get(
-                     cond, "the script for its conditioning")
-        raise ValueError(f"{where}: sample_diffusion.py samples unconditional models only; this one is "
-                         f"conditioned on {cond!r} (model.params.cond_stage_key). Sample it with {other}")
-
-
 def parse_overrides(unknown: list[str]) -> list[str]:
     """The extra ``key=value`` config overrides; ValueError for anything else."""
     bad = [u for u in unknown if u.startswith("-") or "=" not in u]
@@ -102,7 +91,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     from omegaconf import OmegaConf
 
     config = OmegaConf.merge(inputs.load_config(files.configs), OmegaConf.from_dotlist(overrides))
-    check_unconditional(config.model, ", ".join(map(str, files.configs)))
+    inputs.check_conditioning(config.model, (None,), "sample_diffusion.py", ", ".join(map(str, files.configs)))
     logdir = str(files.folder)
     if opt.logdir != "none":
         logdir = os.path.join(opt.logdir, files.folder.name)
@@ -113,8 +102,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     sampler_name = samplers.resolve_sampler(opt, eta=opt.eta)
     if sampler_name != "ddpm":
         inputs.check_steps(config.model, opt.custom_steps, "-c/--custom_steps")
-    outputs.check_outdir(os.path.join(logdir, "samples"), flag="-l/--logdir")
     device = loading.choose_device(opt.device)
+    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
+    outputs.check_outdir(os.path.join(logdir, "samples"), flag="-l/--logdir")
     ckpt = files.ckpt
     model, meta = loading.load_model(config, ckpt, device)
     global_step = meta.get("global_step")
@@ -164,6 +154,7 @@ def run(model: torch.nn.Module, sampler_name: str, imglogdir: str, numpylogdir: 
     shape = [model.model.diffusion_model.in_channels, model.model.diffusion_model.image_size,
              model.model.diffusion_model.image_size]
     sampler = make_sampler(sampler_name, model)
+    device = next(model.parameters()).device
     tstart = time.time()
     n_saved = len(glob.glob(os.path.join(imglogdir, "*.png")))
     all_images = []
@@ -171,7 +162,7 @@ def run(model: torch.nn.Module, sampler_name: str, imglogdir: str, numpylogdir: 
     print(f"Running unconditional sampling for {opt.n_samples} samples")
     for i in trange(len(batch_sizes), desc="Sampling Batches (unconditional)"):
         bs = batch_sizes[i]
-        with torch.no_grad(), loading.ema_weights(model):
+        with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
             t0 = time.time()
             samples = samplers.run_sampler(sampler_name, model, opt.custom_steps, bs, shape, eta=opt.eta,
                                            sampler=sampler)

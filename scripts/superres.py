@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     low_res = list_inputs(opt.input)
     files = cli.model_files(opt)
     config = inputs.load_config(files.configs)
+    inputs.check_conditioning(config.model, ("LR_image",), "superres.py", ", ".join(map(str, files.configs)))
     f = inputs.first_stage_factor(config.model)
     geometry = {}
     from PIL import Image
@@ -82,9 +83,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
         geometry[path] = (lh, lw)
     inputs.require_file(files.ckpt, "checkpoint")
     inputs.check_steps(config.model, opt.ddim_steps, "--ddim_steps")
-    from ldm.scripting.outputs import check_outdir
-
-    check_outdir(opt.outdir)
 
     cli.setup_threads(opt)
     import torch
@@ -95,13 +93,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
     device = loading.choose_device(opt.device)
+    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
+    outputs.check_outdir(opt.outdir)  # after the checks that need no folder
     model, _ = loading.load_model(config, files.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     os.makedirs(opt.outdir, exist_ok=True)
     summary = outputs.OutputSummary()
     channels = inputs.latent_channels(config.model)
     loading.seed_everything(opt.seed)
-    with torch.no_grad(), loading.ema_weights(model):
+    with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
         for path in tqdm(low_res, desc="Super-resolution"):
             c = model.get_learned_conditioning(load_low_res(path, device))  # (1, 3, h, w)
             samples = samplers.run_sampler(sampler_name, model, opt.ddim_steps, 1, [channels, *geometry[path]],

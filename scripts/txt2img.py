@@ -57,13 +57,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise ValueError("give a --prompt or a --from-file")
     files = cli.model_files(opt)
     config = inputs.load_config(files.configs)
+    inputs.check_conditioning(config.model, ("caption",), "txt2img.py", ", ".join(map(str, files.configs)))
     h, w = inputs.latent_size(config.model, opt.H, opt.W)
     shape = [inputs.latent_channels(config.model), h, w]
     inputs.require_file(files.ckpt, "checkpoint")
     inputs.check_steps(config.model, opt.ddim_steps, "--ddim_steps")
-    from ldm.scripting.outputs import check_outdir
-
-    check_outdir(opt.outdir)
 
     cli.setup_threads(opt)
     import torch
@@ -74,13 +72,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
     device = loading.choose_device(opt.device)
+    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
+    outputs.check_outdir(opt.outdir)  # after the checks that need no folder
     model, _ = loading.load_model(config, files.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     sample_path, base_count, _ = outputs.prepare_outdir(opt.outdir)
     summary = outputs.OutputSummary()
     loading.seed_everything(opt.seed)
 
-    with torch.no_grad(), loading.ema_weights(model):
+    with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
         uc = None
         if opt.scale != 1.0:
             uc = model.get_learned_conditioning(opt.n_samples * [""])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_dpm_solver import tiny_ldm  # noqa: F401 (the small class-conditional LDM, a module fixture)
+from test_scripts import cin_ckpt, script  # noqa: F401 (a checkpoint of that LDM for the scripts)
 
 from ldm.models.diffusion.sampling import SAMPLERS, SamplerSpec, make_sampler, resolve_sampler_name, sampler_names
 
@@ -165,3 +166,18 @@ def test_a_new_sampler_is_one_function_and_one_registry_line(tiny_ldm, monkeypat
                                                             sigmas=make_sampler("euler", tiny_ldm).sigmas(STEPS))
     assert torch.allclose(ours, ddim, atol=1e-5)  # Euler is the DDIM update (eta 0) on the same grid
     assert "euler" in sampler_names() and resolve_sampler_name("EULER") == "euler"
+
+
+@pytest.mark.parametrize("sampler", ["unipc", "ddpm"])
+def test_img2img_script_takes_any_sampler(sampler, cin_ckpt, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(torch.randint(0, 256, (16, 16, 3), dtype=torch.uint8).numpy()).save(tmp_path / "init.png")
+    config, ckpt = cin_ckpt
+    paths = script("img2img").main(["--init_img", str(tmp_path / "init.png"), "--strength", "0.5", "--ddim_steps", "4",
+                                    "--device", "cpu", "--class_label", "3", "--config", str(config), "--ckpt",
+                                    str(ckpt), "--outdir", str(tmp_path / "out"), "--sampler", sampler])
+    assert len([p for p in paths if p.parent.name == "samples"]) == 2 and (tmp_path / "out" / "grid-0000.png").is_file()
+    with pytest.raises(ValueError, match="deterministic and takes eta=0 only"):
+        script("img2img").main(["--init_img", str(tmp_path / "init.png"), "--class_label", "3", "--config", str(config),
+                                "--ckpt", str(ckpt), "--ddim_steps", "4", "--sampler", "unipc", "--ddim_eta", "0.5"])

@@ -17,13 +17,15 @@ from ldm.threads import apply_threads, choose_threads
 
 #: Seed used when a script is not given one, so that runs repeat by default.
 DEFAULT_SEED = 42
+#: ``--precision`` choices: float32, bfloat16 or float16 autocast, or autocast's usual type for the device.
+PRECISIONS = ("fp32", "bf16", "fp16", "autocast")
 #: The names ``--sampler`` accepts: the registry ``ldm.samplers.SAMPLERS`` and its aliases.
 SAMPLER_NAMES = tuple(sampler_names())
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, config: str | None, ckpt: str | None,
                          sampler: str | None = "ddim") -> None:
-    """--config, --ckpt, --seed, --device, --threads and (unless ``sampler`` is None) --sampler."""
+    """--config, --ckpt, --seed, --device, --threads, --precision and (unless ``sampler`` is None) --sampler."""
     parser.add_argument("--config", type=str, default=None,
                         help="the config that builds the model (default: the one found with the checkpoint"
                              + (f", else {config}" if config else "") + ")")
@@ -39,6 +41,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, config: str | None, ck
     parser.add_argument("--threads", type=str, default=None, metavar="N",
                         help="CPU threads for torch (default: the cores not busy with other work, or "
                              "OMP_NUM_THREADS / MKL_NUM_THREADS when set)")
+    parser.add_argument("--precision", type=str, default="fp32", choices=PRECISIONS,
+                        help="fp32, or mixed precision through torch.autocast: bf16, fp16 (CUDA only), autocast "
+                             "(bf16 on the CPU, fp16 on CUDA) (default: fp32)")
     if sampler is not None:
         names = ", ".join(SAMPLER_NAMES)
         parser.add_argument("--sampler", type=str, default=None,

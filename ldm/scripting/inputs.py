@@ -174,6 +174,26 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     return prompts
 
 
+#: The script that samples a model, by what the model is conditioned on (`conditioning_of`).
+SCRIPT_FOR_CONDITIONING = {None: "scripts/sample_diffusion.py", "class_label": "scripts/sample_cin.py",
+                           "caption": "scripts/txt2img.py", "LR_image": "scripts/superres.py",
+                           "masked_image": "scripts/inpaint.py", "nix": "scripts/knn2img.py"}
+
+
+def check_conditioning(model_config: Any, wanted: tuple[str | None, ...], script: str, where: str) -> None:
+    """ValueError, before any model is built, unless the model of a config is conditioned on one of
+    ``wanted`` (None: unconditional); the message names the script for the model it is."""
+    cond = conditioning_of(model_config)
+    if cond in wanted:
+        return
+    names = ", ".join("nothing (unconditional)" if w is None else repr(w) for w in wanted)
+    kind = "unconditional" if cond is None else f"conditioned on {cond!r} (model.params.cond_stage_key)"
+    other = SCRIPT_FOR_CONDITIONING.get(cond)
+    suggestion = (f"; sample it with {other} (--ckpt takes the same checkpoint or run folder)" if other
+                  else "; no script here samples it")
+    raise ValueError(f"{where}: {script} samples models conditioned on {names}; this one is {kind}{suggestion}")
+
+
 def null_class(model_config: Any, n_classes: int) -> int:
     """The class a class-conditional model learned as "no class" for classifier-free guidance: the
     config's ``ucg_class`` (the label its training dropped to), else its last class (cin256-v2's 1000)."""

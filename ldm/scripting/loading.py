@@ -34,6 +34,29 @@ def choose_device(name: str | None = None) -> torch.device:
     return device
 
 
+#: The autocast dtype of each ``--precision`` (None: float32, no autocast).
+PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--precision`` on ``device`` (None for fp32); ValueError where it does not apply."""
+    if precision == "autocast":
+        precision = "fp16" if device.type == "cuda" else "bf16"
+    if precision not in PRECISION_DTYPES:
+        raise ValueError(f"--precision must be one of fp32, bf16, fp16, autocast; got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"--precision fp16 needs a CUDA device; got --device {device} (use bf16 on the CPU)")
+    return PRECISION_DTYPES[precision]
+
+
+def precision_scope(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``--precision`` on ``device`` (the weights stay float32), or nothing for fp32."""
+    dtype = autocast_dtype(precision, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (all devices): the same seed gives the same images."""
     random.seed(seed)
@@ -41,26 +64,74 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_model(config: DictConfig, ckpt: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, dict]:
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Modules built inside the block get their parameters on the meta device: shapes only, no memory, no init.
+
+    A parameter is created where its module creates it (an uninitialized ``torch.empty`` for the layers of
+    ``torch.nn``) and moved to the meta device as it is registered, so the random initialization that runs
+    after it costs nothing. Buffers stay real: schedules and other values computed from the config are kept.
+    Fill the parameters with ``load_state_dict(state_dict, assign=True)``.
+    """
+    register = torch.nn.Module.register_parameter
+
+    def register_on_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        if param is not None and not param.is_meta:
+            param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    torch.nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+def _as_model_dtypes(model: torch.nn.Module, state_dict: Mapping) -> dict:
+    """``state_dict`` with floating tensors cast to the dtype of the model's tensors (a no-op when they agree)."""
+    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    out = {}
+    for key, value in state_dict.items():
+        target = own.get(key)
+        if (isinstance(value, torch.Tensor) and target is not None and value.is_floating_point()
+                and value.dtype != target.dtype):
+            value = value.to(target.dtype)
+        out[key] = value
+    return out
+
+
+def load_model(config: DictConfig, ckpt: str | os.PathLike, device: torch.device,
+               empty_init: bool = True) -> tuple[torch.nn.Module, dict]:
     """Build ``config.model``, load ``ckpt`` with every key matched, move it to ``device``, eval mode.
 
+    With ``empty_init`` (the default) the model is built with its parameters on the meta device
+    (`parameters_on_meta`) and the checkpoint's tensors become its parameters (``assign=True``): no time on
+    a random initialization that the checkpoint overwrites, and one copy of the weights in memory, not two.
     Returns the model and the checkpoint's metadata (``global_step``, ``epoch`` when stored).
     """
     from ldm.checkpoint import check_weights_fit, load_checkpoint
 
     ckpt = require_file(ckpt, "checkpoint")
-    model = instantiate_from_config(strip_ckpt_paths(config.model))
     obj = load_checkpoint(ckpt, map_location="cpu")
     state_dict = obj["state_dict"] if isinstance(obj, Mapping) and "state_dict" in obj else obj
     if not isinstance(state_dict, Mapping):
         raise ValueError(f"checkpoint {ckpt} holds a {type(state_dict).__name__}, not a state dict")
+    with (parameters_on_meta() if empty_init else contextlib.nullcontext()):
+        model = instantiate_from_config(strip_ckpt_paths(config.model))
     check_weights_fit(model, state_dict, ckpt)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if empty_init:
+        state_dict = _as_model_dtypes(model, state_dict)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=empty_init)
     if missing or unexpected:
         raise ValueError(
             f"checkpoint {ckpt} does not fit the model of the config ({config.model.get('target')}): "
             f"{len(missing)} missing keys {list(missing)[:8]}, {len(unexpected)} unexpected keys "
             f"{list(unexpected)[:8]}; is it the checkpoint of this config?")
+    del state_dict
+    unfilled = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if unfilled:
+        raise ValueError(f"checkpoint {ckpt} left {len(unfilled)} tensors of the model without values, such as "
+                         f"{unfilled[:4]}; load it with empty_init=False")
     model = model.to(device).eval()
     meta = {k: obj[k] for k in ("global_step", "epoch") if isinstance(obj, Mapping) and k in obj}
     logger.info("loaded %s (%s) onto %s", ckpt, config.model.get("target"), device)

@@ -42,13 +42,15 @@ class GaussianDiffusionMixin:
         """Register the schedule buffers (float64 numpy maths, stored as float32 like the original).
 
         The numbers are computed on the CPU; the buffers go to the device of the module's parameters
-        (or the default device), so a model built under ``torch.device("meta")`` gets meta buffers.
+        (or the default device), so a model built under ``torch.device("meta")`` gets meta buffers; parameters
+        that alone are on the meta device (``ldm.scripting.loading.parameters_on_meta``) leave them real.
         """
         with torch.device("cpu"):
             buffers = self._schedule_buffers(given_betas, beta_schedule, timesteps, linear_start, linear_end,
                                              cosine_s)
         first_param = next(self.parameters(), None)
-        device = first_param.device if first_param is not None else torch.get_default_device()
+        device = (first_param.device if first_param is not None and not first_param.is_meta
+                  else torch.get_default_device())
         for name, value in buffers.items():
             self.register_buffer(name, value.to(device), persistent=name != "lvlb_weights")
         self.num_timesteps = int(buffers["betas"].shape[0])
