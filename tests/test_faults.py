@@ -42,7 +42,7 @@ def _steps(path: Path) -> tuple[int, int]:
     return state["global_step"], int(state["state_dict"]["model_ema.num_updates"])
 
 
-def _wait_for_new_checkpoint(root: Path, previous_mtime: int, proc: subprocess.Popen, timeout: float = 180) -> Path:
+def _wait_for_new_checkpoint(root: Path, previous_mtime: int, proc: subprocess.Popen, timeout: float = 600) -> Path:
     deadline = time.time() + timeout
     while time.time() < deadline:
         found = list(root.glob("*/checkpoints/last.ckpt"))
