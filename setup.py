@@ -22,8 +22,10 @@ setup(
         "scipy>=1.10",
         "tensorboard>=2.14",
         "scann>=1.3; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        "torch-fidelity>=0.3",
+        "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6"],
     },
 )

@@ -522,6 +522,40 @@ class SignalCheckpoint(pl.Callback):
         self._training = False
 
 
+class ThreadWatch(pl.Callback):
+    """Revisits the automatic CPU thread count (`ldm.threads`) every ``interval`` seconds of training:
+    other work that starts during a run would otherwise make one thread per core many times slower,
+    and cores it leaves free would stay unused."""
+
+    def __init__(self, interval: float = 30.0, processes: int = 1):
+        super().__init__()
+        self.interval = interval  # seconds between two looks at the load
+        self.processes = processes  # training processes sharing this machine's cores
+        self._watch: Any = None
+        self._last = 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from ldm.threads import LoadWatch
+
+        self._watch, self._last = LoadWatch(), time.monotonic()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._watch is None or time.monotonic() - self._last < self.interval:
+            return
+        from ldm.threads import available_cores, free_cores
+
+        self._last = time.monotonic()
+        busy = self._watch.others_busy()
+        if busy is None:
+            return
+        threads = free_cores(busy, available_cores(), self.processes)
+        if threads != torch.get_num_threads():
+            progress_logger.info("CPU threads: %d -> %d (%.1f cores busy with other work)",
+                                 torch.get_num_threads(), threads, busy)
+            torch.set_num_threads(threads)
+
+
 def _is_step_limited(trainer: pl.Trainer) -> bool:
     """Training stops at ``max_steps`` (not after a number of epochs)."""
     return trainer.max_steps is not None and trainer.max_steps > 0 and trainer.max_epochs in (None, -1)

@@ -1,0 +1,82 @@
+"""FID, Inception Score, KID and precision/recall of a set of samples against a reference set.
+
+    python scripts/evaluate.py --samples outputs/samples/ --reference data/reference/ \
+        [--inception_weights weights-inception-2015-12-05-6726825d.pth] [--metrics fid,isc,kid,prc] [--out results.json]
+
+A set is a folder of .png/.jpg images, the .npz that scripts/sample_diffusion.py writes, or one of
+ADM's reference batches (.npz with arr_0, and mu/sigma, which FID then uses). The Inception-v3 is
+torch-fidelity's port of the TensorFlow graph that FID is defined on; its weights file
+(weights-inception-2015-12-05-6726825d.pth) is read from --inception_weights, $LDM_INCEPTION_WEIGHTS
+or torch's hub cache, never downloaded. Reference features are cached by content hash (--cache_dir).
+Prints a table and writes JSON with the keys fid, isc_mean, isc_std, kid_mean, kid_std, precision,
+recall, num_samples, num_reference (null for metrics not asked for).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ldm.evaluation import settings as S  # noqa: E402
+from ldm.scripting.cli import check_positive, run_script  # noqa: E402
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", required=True, help="folder of images or .npz (arr_0) of the samples to evaluate")
+    p.add_argument("--reference", default=None, help="folder or .npz of the reference set (needed for fid, kid, prc)")
+    p.add_argument("--inception_weights", default=None,
+                   help="path of weights-inception-2015-12-05-6726825d.pth (default: $LDM_INCEPTION_WEIGHTS, "
+                        "then torch's hub cache)")
+    p.add_argument("--metrics", default="fid,isc,kid,prc", help="comma-separated subset of fid,isc,kid,prc")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--batch_size", type=int, default=64, help="images per Inception forward pass")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--isc_splits", type=int, default=S.ISC_SPLITS, help="splits of the Inception Score")
+    p.add_argument("--kid_subsets", type=int, default=S.KID_SUBSETS, help="random subsets for KID")
+    p.add_argument("--kid_subset_size", type=int, default=S.KID_SUBSET_SIZE,
+                   help="images per KID subset (lowered to the smaller set's size when needed)")
+    p.add_argument("--prc_neighborhood", type=int, default=S.PRC_NEIGHBORHOOD, help="k of precision/recall")
+    p.add_argument("--seed", type=int, default=S.RNG_SEED, help="seed of the IS shuffle and the KID subsets")
+    p.add_argument("--cache_dir", default=None,
+                   help="cache of reference features (default: $LDM_EVAL_CACHE or ~/.cache/ldm/evaluation)")
+    p.add_argument("--no_cache", action="store_true", help="do not read or write the reference-feature cache")
+    p.add_argument("--allow_size_mismatch", action="store_true",
+                   help="compare sets of different image sizes (otherwise an error)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    opt = get_parser().parse_args(argv)
+    metrics = S.parse_metrics(opt.metrics)
+    for name in ("batch_size", "isc_splits", "kid_subsets", "kid_subset_size", "prc_neighborhood"):
+        check_positive(f"--{name}", getattr(opt, name))
+    from ldm.evaluation.evaluate import Settings, evaluate, format_table, write_json
+    from ldm.evaluation.inception import InceptionFeatures
+    from ldm.evaluation.inputs import check_pair, open_image_set
+    from ldm.scripting.loading import choose_device
+
+    settings = Settings(metrics=metrics, isc_splits=opt.isc_splits, kid_subsets=opt.kid_subsets,
+                        kid_subset_size=opt.kid_subset_size, prc_neighborhood=opt.prc_neighborhood, seed=opt.seed)
+    device = choose_device(opt.device)
+    samples = open_image_set(opt.samples, "--samples")
+    reference = open_image_set(opt.reference, "--reference") if opt.reference is not None else None
+    if reference is not None:
+        check_pair(samples, reference, opt.allow_size_mismatch)
+    extractor = InceptionFeatures(opt.inception_weights, device=device)
+    cache_dir = None if opt.no_cache else Path(opt.cache_dir) if opt.cache_dir else S.default_cache_dir()
+    result = evaluate(samples, reference, extractor, settings, cache_dir=cache_dir, batch_size=opt.batch_size,
+                      progress=not opt.no_progress)
+    print(format_table(result))
+    for warning in result["warnings"]:
+        print(f"note: {warning}")
+    if opt.out:
+        print(f"wrote {write_json(result, opt.out)}")
+    return result
+
+
+if __name__ == "__main__":
+    run_script(main)

@@ -1,0 +1,100 @@
+"""The sampler study and the demo evaluation's pieces on a tiny class-conditional model made here: the study
+covers every registered sampler, counts model evaluations, resumes, and draws its plot; class samples
+are reproducible by seed; the shapes classifier's predictions map colour and shape to classes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ldm.data.synthetic import CLASSES
+from ldm.evaluation import shapes
+from ldm.evaluation.demo import count_model_calls, sample_classes, score_samples
+from ldm.evaluation.study import plot_study, run_study, study_points
+from ldm.models.diffusion.sampling import SAMPLERS
+from ldm.util import instantiate_from_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_cin():
+    config = OmegaConf.load(REPO / "tests" / "configs" / "tiny-cin.yaml")
+    torch.manual_seed(0)
+    model = instantiate_from_config(config.model).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def test_study_points_cover_the_registry():
+    points = study_points(None, (5, 10), ddpm_steps=1000)
+    assert {name for name, _ in points} == set(SAMPLERS)
+    assert ("ddpm", 1000) in points and ("ddpm", 5) not in points
+    assert ("ddim", 5) in points and ("ddim", 10) in points
+    with pytest.raises(ValueError, match="unknown samplers"):
+        study_points(["ddim", "euler_magic"], (5,), 1000)
+
+
+def test_sample_classes_counts_calls_and_repeats_by_seed(tiny_cin):
+    images, labels, nfe = sample_classes(tiny_cin, null_class=1000, sampler="ddim", steps=4, n_per_class=2,
+                                         scale=2.0, seed=3, batch_size=5, num_classes=3, progress=False)
+    assert images.shape[0] == 6 and labels.tolist() == [0, 1, 2, 0, 1, 2]
+    assert nfe == 4  # guided steps batch both branches into one call
+    again, _, _ = sample_classes(tiny_cin, 1000, "ddim", 4, 2, 2.0, seed=3, batch_size=5, num_classes=3,
+                                 progress=False)
+    torch.testing.assert_close(images, again)
+    _, _, nfe_plms = sample_classes(tiny_cin, 1000, "plms", 4, 1, 2.0, num_classes=2, progress=False)
+    assert nfe_plms == 5  # PLMS spends one extra evaluation on its first step
+    with count_model_calls(tiny_cin) as calls:
+        pass
+    assert calls == [0] and "apply_model" not in vars(tiny_cin)
+
+
+def test_run_study_resumes_and_plots(tmp_path):
+    scored = []
+
+    def score(name, steps):
+        scored.append((name, steps))
+        if name == "plms" and steps == 1:
+            raise ValueError("too few steps")
+        return {"fd": 10.0 / steps, "accuracy": 1 - 1 / (steps + 1), "model_evaluations": steps}
+
+    points = [("ddim", 1), ("ddim", 4), ("plms", 1), ("plms", 4)]
+    out = tmp_path / "study.json"
+    settings = {"scale": 3.0}
+    run_study(score, points[:2], out, settings)
+    study = run_study(score, points, out, settings)
+    assert scored == points  # the first two were not scored again
+    assert [r.get("error") for r in study["results"]] == [None, None, "too few steps", None]
+    assert json.loads(out.read_text()) == study
+    png = plot_study(study, tmp_path / "study.png", title="test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run_study(score, points, out, {"scale": 1.0})  # other settings: starts afresh
+    assert len(scored) == 8
+
+
+def test_predict_maps_colour_and_shape_to_classes():
+    model = shapes.ShapesClassifier(width=8)
+    with torch.no_grad():  # a classifier that says "green" and "triangle" for everything
+        for head, index in ((model.colour_head, shapes.COLOUR_NAMES.index("green")),
+                            (model.shape_head, shapes.SHAPES.index("triangle"))):
+            head.weight.zero_()
+            head.bias.zero_()
+            head.bias[index] = 1.0
+    x = torch.zeros(4, 3, 16, 16)
+    assert shapes.predict(model, x, CLASSES).tolist() == [CLASSES.index("green triangle")] * 4
+    assert shapes.predict(model, x, ("red circle", "blue square")).tolist() == [-1] * 4
+    # the most probable of the given classes by joint colour and shape: green square beats red circle
+    assert shapes.classify(model, x, ("red circle", "green square"))["label"].tolist() == [1] * 4
+    images, labels = shapes.real_images(12, "validation", size=16)
+    wide = shapes.ShapesClassifier(width=8)
+    result = score_samples(wide, images[:12].repeat(3, 1, 1, 1), labels.repeat(3), images.repeat(3, 1, 1, 1))
+    assert result["fd"] == pytest.approx(0.0, abs=1e-6) and 0.0 <= result["accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="Frechet distance is not defined for 12 samples"):
+        score_samples(wide, images, labels, images)
