@@ -155,3 +155,11 @@ def test_reproduce_refuses_rows_it_cannot_sample(tmp_path):
         main(["layout2img-openimages256", "--reference", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match=r"models/ldm/celeba256/model.ckpt.*download_models.sh celeba256"):
         main(["celeba256", "--reference", str(tmp_path)])
+
+
+def test_reproduce_checks_the_reference_size_before_sampling(tiny_row, tmp_path, monkeypatch):
+    registry, weights, _ = tiny_row
+    larger = write_folder(tmp_path / "ref32", shapes_images(4, "validation", 0, size=32))
+    monkeypatch.setattr(zoo, "sample_row", lambda *a, **k: pytest.fail("sampled before the error"))
+    with pytest.raises(ValueError, match=r"draws 16x16 images; the reference must have that size"):
+        reproduce(registry, weights, larger, tmp_path / "run")
