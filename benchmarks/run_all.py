@@ -431,7 +431,7 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="print the rows that would run and exit")
     parser.add_argument("--batch", type=int, default=2, help="batch size (default 2, as the original's figures)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per row (median; default 3)")
-    parser.add_argument("--reps", type=int, default=3, help="timed calls per round (median; default 3)")
+    parser.add_argument("--reps", type=int, default=2, help="timed calls per round (median; default 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--perf-dir", default=str(DEFAULT_PERF_DIR),
