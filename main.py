@@ -351,6 +351,9 @@ def make_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_config, 
                                  "params": {"logging_interval": "step"}},
         "cuda_callback": {"target": "ldm.callbacks.CUDACallback"},
     }
+    if opt.thread_choice.automatic:  # other work may start or stop during the run
+        defaults["thread_watch"] = {"target": "ldm.callbacks.ThreadWatch",
+                                    "params": {"processes": opt.thread_processes}}
     # On a terminal, the bar; otherwise (a log file, a scheduler, CI) one line of progress every 20 seconds.
     if not output_is_terminal():
         defaults["progress_log"] = {"target": "ldm.callbacks.ProgressLog", "params": {"interval": 20}}
@@ -417,7 +420,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = get_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # key=value overrides may stand anywhere, even right after a flag with an optional value (-t, --no-test).
-    dotlist = [a for a in argv if "=" in a and not a.startswith("-")]
+    # A path with "=" in it (a checkpoint named epoch=000003.ckpt after -r) is an argument, not an override.
+    dotlist = [a for a in argv if "=" in a and not a.startswith("-") and not os.path.exists(a)]
     opt, unknown = parser.parse_known_args([a for a in argv if a not in dotlist])
     overrides = parse_overrides(unknown + dotlist)
     logdir, ckpt = resolve_run_dirs(opt, now)
@@ -439,10 +443,11 @@ def main(argv: list[str] | None = None) -> None:
                             "the config has no test split (data.params.test)") + "; pass -t to train")
     try:
         on_cpu = trainer_config.get("accelerator") == "cpu" or not torch_cuda_available()
-        threads = choose_threads(opt.threads, processes=n_devices if on_cpu else 1)
+        opt.thread_processes = n_devices if on_cpu else 1
+        threads = opt.thread_choice = choose_threads(opt.threads, processes=opt.thread_processes)
     except ValueError as err:
         raise UsageError(str(err))
-    logger.info(apply_threads(threads).describe())
+    logging.getLogger("ldm.threads").info(apply_threads(threads).describe())
     if not output_is_terminal():
         trainer_config.setdefault("enable_progress_bar", False)  # ProgressLog writes the progress instead
 

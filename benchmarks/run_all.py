@@ -139,12 +139,14 @@ def timed(fn, reps: int) -> float:
 
 
 def recipe_state(model, seed: int = 0) -> dict:
-    """Seeded weights for every parameter of ``model``: randn * fan_in**-0.5 for matrices, randn * 0.02 for vectors."""
+    """Seeded weights for ``model``'s parameters: randn * fan_in**-0.5 for matrices, randn * 0.02 for vectors."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     state = {}
-    for name, p in model.named_parameters():
+    # parameters, and buffers that copy them (EMA weights): everything the meta-device build left empty
+    tensors = [*model.named_parameters(), *((n, b) for n, b in model.named_buffers() if b.is_meta)]
+    for name, p in tensors:
         w = torch.randn(p.shape, generator=g)
         w.mul_(p.shape[1:].numel() ** -0.5 if p.ndim >= 2 else 0.02)
         state[name] = w
@@ -429,7 +431,7 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="print the rows that would run and exit")
     parser.add_argument("--batch", type=int, default=2, help="batch size (default 2, as the original's figures)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per row (median; default 3)")
-    parser.add_argument("--reps", type=int, default=3, help="timed calls per round (median; default 3)")
+    parser.add_argument("--reps", type=int, default=2, help="timed calls per round (median; default 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--perf-dir", default=str(DEFAULT_PERF_DIR),

@@ -191,9 +191,9 @@ class RunCheckpoint(ModelCheckpoint):
 
     - ``last.ckpt`` is written before a top-k file, so it exists even when the disk fills up; when a top-k
       file follows, ``last.ckpt`` is written once more so that it knows of it.
-    - On start, temporary files of killed saves are removed; on resume, top-k files that the resumed state
-      does not list (written after it, by a run killed before its next ``last.ckpt``) are removed, so at
-      most ``save_top_k`` of them exist.
+    - On start, temporary files of killed saves are removed; on resume from ``last.ckpt``, top-k files that
+      the resumed state does not list (written after it, by a run killed before its next ``last.ckpt``)
+      are removed, so at most ``save_top_k`` of them exist.
     - The state of a Lightning-1.x ``ModelCheckpoint`` (keyed by class) is restored.
 
     Overrides `ModelCheckpoint._save_topk_checkpoint` and ``_save_last_checkpoint`` (pytorch-lightning 2.x):
@@ -203,6 +203,7 @@ class RunCheckpoint(ModelCheckpoint):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._last_written_first: tuple[int, str] | None = None
+        self._resumed_from: str | None = None
 
     @property
     def state_key(self) -> str:
@@ -241,6 +242,7 @@ class RunCheckpoint(ModelCheckpoint):
             progress_logger.info("Saved the final step %d to %s", trainer.global_step, self.last_model_path)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self._resumed_from = trainer.ckpt_path
         states = checkpoint.get("callbacks") or {}
         legacy = states.get(LEGACY_CALLBACK_KEY + "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint")
         if self.state_key not in states and isinstance(legacy, dict) and "best_model_path" in legacy:
@@ -248,7 +250,11 @@ class RunCheckpoint(ModelCheckpoint):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        if rank_zero_only.rank == 0 and self.dirpath and state_dict.get("dirpath", self.dirpath) == self.dirpath:
+        resumed = os.path.basename(str(self._resumed_from or ""))
+        # only when resuming the newest state (last.ckpt): resuming an older top-k file is a deliberate
+        # step back, and the files after it are kept
+        if rank_zero_only.rank == 0 and self.dirpath and state_dict.get("dirpath", self.dirpath) == self.dirpath \
+                and resumed.startswith(self.CHECKPOINT_NAME_LAST):
             self._remove_unknown_topk_files()
 
     def _remove_unknown_topk_files(self) -> None:
@@ -514,6 +520,40 @@ class SignalCheckpoint(pl.Callback):
             except Exception as err:  # noqa: BLE001 - stopping anyway; say why there is no checkpoint
                 logger.error("Stopped by SIGTERM; could not write last.ckpt: %s", err)
         self._training = False
+
+
+class ThreadWatch(pl.Callback):
+    """Revisits the automatic CPU thread count (`ldm.threads`) every ``interval`` seconds of training:
+    other work that starts during a run would otherwise make one thread per core many times slower,
+    and cores it leaves free would stay unused."""
+
+    def __init__(self, interval: float = 30.0, processes: int = 1):
+        super().__init__()
+        self.interval = interval  # seconds between two looks at the load
+        self.processes = processes  # training processes sharing this machine's cores
+        self._watch: Any = None
+        self._last = 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from ldm.threads import LoadWatch
+
+        self._watch, self._last = LoadWatch(), time.monotonic()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._watch is None or time.monotonic() - self._last < self.interval:
+            return
+        from ldm.threads import available_cores, free_cores
+
+        self._last = time.monotonic()
+        busy = self._watch.others_busy()
+        if busy is None:
+            return
+        threads = free_cores(busy, available_cores(), self.processes)
+        if threads != torch.get_num_threads():
+            progress_logger.info("CPU threads: %d -> %d (%.1f cores busy with other work)",
+                                 torch.get_num_threads(), threads, busy)
+            torch.set_num_threads(threads)
 
 
 def _is_step_limited(trainer: pl.Trainer) -> bool:

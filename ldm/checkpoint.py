@@ -951,7 +951,7 @@ def _is_torchscript_zip(path: Path) -> bool:
 #: the bound of `_max_expansion`. A model's checkpoint is a tree of a few thousand containers.
 _EXPANSION_BASE = 10_000
 #: Deepest nesting of containers a checkpoint may have (a state dict is three levels deep).
-_MAX_DEPTH = 500
+_MAX_DEPTH = 200
 
 
 def _max_expansion(file_size: int) -> int:

@@ -6,8 +6,9 @@ step of the demo models measured 8 times slower with two threads than with one o
 machine. So, unless told otherwise, ``choose_threads`` takes the cores not already busy (at least one).
 
 The choice, in order of precedence: an explicit ``--threads N``; the usual environment variables
-(``OMP_NUM_THREADS``, then ``MKL_NUM_THREADS``); the automatic choice. This module imports torch
-only inside `apply_threads`, so that a script can decide before its heavy imports.
+(``OMP_NUM_THREADS``, then ``MKL_NUM_THREADS``); the automatic choice, which `LoadWatch` revisits
+while training runs (other work may start or stop). This module imports torch only inside
+`apply_threads`, so that a script can decide before its heavy imports.
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 #: Environment variables that set the thread count, in order of precedence.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: The OMP_NUM_THREADS value `apply_threads` set for an automatic choice: a later choice in this process
+#: (the demo's next stage) is automatic again rather than "from OMP_NUM_THREADS".
+_automatic_env: str | None = None
 #: How long the CPU is watched to see how busy it is now (``/proc/stat``), in seconds.
 LOAD_SAMPLE_S = 0.3
 
@@ -31,6 +35,7 @@ class ThreadChoice:
 
     threads: int  # intra-op threads for torch
     reason: str  # where the number came from
+    automatic: bool = False  # chosen from the load (not given by --threads or the environment)
 
     def describe(self) -> str:
         return f"CPU threads: {self.threads} ({self.reason}; set with --threads N or OMP_NUM_THREADS)"
@@ -72,6 +77,36 @@ def busy_cores(sample_s: float = LOAD_SAMPLE_S) -> float:
     return max(load, now)
 
 
+def free_cores(busy: float, cores: int, processes: int = 1) -> int:
+    """Threads for each of ``processes`` processes when other work keeps ``busy`` of ``cores`` cores busy."""
+    free = max(1, min(cores, math.floor(cores - busy + 0.5)))
+    return max(1, free // max(processes, 1))
+
+
+class LoadWatch:
+    """How many cores other processes kept busy since the last call: the CPU time of all cores
+    (``/proc/stat``) minus this process's own (``os.times``), over the wall time between calls."""
+
+    def __init__(self) -> None:
+        self._last = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        times = _cpu_times()
+        if times is None:
+            return None
+        own = os.times()
+        return time.monotonic(), times[0] / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+    def others_busy(self) -> float | None:
+        """Cores busy with other work since the previous call (None where /proc/stat does not exist)."""
+        now = self._sample()
+        last, self._last = self._last, now
+        if now is None or last is None or now[0] <= last[0]:
+            return None
+        return max(0.0, (now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0])
+
+
 def parse_threads(value: str | int | None, source: str) -> int | None:
     """A positive thread count from a flag or variable (None or "" or "auto" or 0: choose automatically)."""
     if value is None:
@@ -96,21 +131,25 @@ def choose_threads(requested: str | int | None = None, processes: int = 1,
     if n is not None:
         return ThreadChoice(n, "from --threads")
     for var in THREAD_ENV_VARS:
+        if var == "OMP_NUM_THREADS" and _automatic_env is not None and os.environ.get(var) == _automatic_env:
+            continue
         n = parse_threads(os.environ.get(var), var)
         if n is not None:
             return ThreadChoice(n, f"from {var}")
     cores = available_cores()
     busy = busy_cores(sample_s)
-    free = max(1, min(cores, math.floor(cores - busy + 0.5)))
-    per_process = max(1, free // max(processes, 1))
+    per_process = free_cores(busy, cores, processes)
     share = f", shared by {processes} processes" if processes > 1 else ""
-    return ThreadChoice(per_process, f"{cores} cores, {busy:.1f} busy with other work{share}")
+    return ThreadChoice(per_process, f"{cores} cores, {busy:.1f} busy with other work{share}", automatic=True)
 
 
 def apply_threads(choice: ThreadChoice) -> ThreadChoice:
-    """Set torch's intra-op thread count and ``OMP_NUM_THREADS`` (inherited by worker processes)."""
+    """Set torch's intra-op thread count and ``OMP_NUM_THREADS`` (inherited by the processes Lightning
+    starts for DDP, which would otherwise divide all cores among themselves)."""
     import torch
 
+    global _automatic_env
     os.environ["OMP_NUM_THREADS"] = str(choice.threads)
+    _automatic_env = str(choice.threads) if choice.automatic else None
     torch.set_num_threads(choice.threads)
     return choice

@@ -20,7 +20,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ldm.threads import apply_threads, choose_threads  # noqa: E402
+from ldm.threads import apply_threads, choose_threads, parse_threads  # noqa: E402
 
 progress = logging.getLogger("demo")
 AE_CONFIG = REPO / "configs" / "demo" / "autoencoder_kl_shapes.yaml"
@@ -42,14 +42,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def train(config: Path, name: str, logroot: Path, steps: int, seed: int, accelerator: str, threads: int,
+def train(config: Path, name: str, logroot: Path, steps: int, seed: int, accelerator: str, threads: str | None,
           *overrides: str) -> Path:
+    """One main.py run; ``threads`` None lets it choose (and revisit) the thread count itself."""
     import main as trainer_main
 
     before = set(logroot.glob("*")) if logroot.exists() else set()
     trainer_main.main(["-b", str(config), "-t", "--no-test", "-n", name, "-l", str(logroot), "-s", str(seed),
                        "--accelerator", accelerator, "--devices", "1",
-                       "--threads", str(threads), f"lightning.trainer.max_steps={steps}",
+                       *(["--threads", threads] if threads is not None else []), f"lightning.trainer.max_steps={steps}",
                        *overrides])
     (logdir,) = set(logroot.glob("*")) - before
     return logdir
@@ -62,10 +63,9 @@ def main(argv: list[str] | None = None) -> Path:
     for name in ("ldm.callbacks.progress", "ldm.threads", "demo"):
         logging.getLogger(name).setLevel(logging.INFO)
     try:
-        threads = apply_threads(choose_threads(opt.threads))
+        parse_threads(opt.threads, "--threads")
     except ValueError as err:
         raise SystemExit(f"demo.py: error: {err}")
-    logging.getLogger("ldm.threads").info(threads.describe())
 
     import torch
     import torch.nn.functional as F
@@ -82,15 +82,16 @@ def main(argv: list[str] | None = None) -> Path:
 
     print(f"[1/3] training the autoencoder ({opt.ae_steps} steps) on generated shapes", flush=True)
     ae_dir = train(AE_CONFIG, "demo_autoencoder", logroot, opt.ae_steps, opt.seed, opt.accelerator,
-                   threads.threads)
+                   opt.threads)
     ae_ckpt = ae_dir / "checkpoints" / "last.ckpt"
 
     print(f"[2/3] training the class-conditional LDM ({opt.ldm_steps} steps) in its latent space", flush=True)
-    ldm_dir = train(LDM_CONFIG, "demo_ldm", logroot, opt.ldm_steps, opt.seed, opt.accelerator, threads.threads,
+    ldm_dir = train(LDM_CONFIG, "demo_ldm", logroot, opt.ldm_steps, opt.seed, opt.accelerator, opt.threads,
                     f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}")
 
     print(f"[3/3] sampling {opt.n_per_class} images per class (DDIM {opt.ddim_steps} steps, guidance {opt.scale})",
           flush=True)
+    logging.getLogger("ldm.threads").info(apply_threads(choose_threads(opt.threads)).describe())
     config = OmegaConf.load(LDM_CONFIG)
     config.model.params.first_stage_config.params.ckpt_path = None
     device = torch.device("cuda" if opt.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu")

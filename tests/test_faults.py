@@ -42,7 +42,7 @@ def _steps(path: Path) -> tuple[int, int]:
     return state["global_step"], int(state["state_dict"]["model_ema.num_updates"])
 
 
-def _wait_for_new_checkpoint(root: Path, previous_mtime: int, proc: subprocess.Popen, timeout: float = 180) -> Path:
+def _wait_for_new_checkpoint(root: Path, previous_mtime: int, proc: subprocess.Popen, timeout: float = 600) -> Path:
     deadline = time.time() + timeout
     while time.time() < deadline:
         found = list(root.glob("*/checkpoints/last.ckpt"))
@@ -314,3 +314,16 @@ def test_slurm_auto_requeue_keeps_lightnings_sigusr1_handling():
     assert signal.SIGUSR1 not in slurm and {signal.SIGTERM, signal.SIGINT} <= set(slurm)
     assert signal.SIGUSR1 in callback._handled_signals(trainer_in(SLURMEnvironment(auto_requeue=False)))
     assert signal.SIGUSR1 in callback._handled_signals(trainer_in(LightningEnvironment()))
+
+
+def test_unknown_topk_files_are_removed_only_when_resuming_last(trained_run, tmp_path):
+    logdir = _copy_run(trained_run, tmp_path)
+    ckptdir = logdir / "checkpoints"
+    orphan = ckptdir / "epoch=000009.ckpt"  # a top-k file written after last.ckpt by a run killed since
+    shutil.copy(ckptdir / "last.ckpt", orphan)
+    shutil.copy(ckptdir / "last.ckpt", ckptdir / "epoch=000000.ckpt")  # an older top-k file to resume from
+    _run_main("-r", str(ckptdir / "epoch=000000.ckpt"), "lightning.trainer.max_steps=5")
+    assert orphan.exists(), "resuming an older checkpoint removed a newer one"
+    _run_main("-r", str(logdir), "lightning.trainer.max_steps=6")
+    assert not orphan.exists()
+    assert _steps(ckptdir / "last.ckpt") == (6, 6)

@@ -110,6 +110,14 @@ def test_sample_diffusion_samples_a_run_folder_into_it_or_into_logdir(uncond_run
     assert len(list((out / "img").glob("*.png"))) == 2
 
 
+def test_scripts_report_the_thread_count(uncond_run, tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "sample_diffusion.py"), "-r", str(uncond_run),
+                           "-n", "1", "--batch_size", "1", "-c", "2", "-l", str(tmp_path), "--threads", "1"],
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "CPU threads: 1 (from --threads; set with --threads N or OMP_NUM_THREADS)" in proc.stderr
+
+
 def test_sample_diffusion_refuses_a_conditional_run_before_importing_torch(cond_run):
     code = ("import runpy, sys\n"
             f"sys.argv = ['sample_diffusion.py', '-r', {str(cond_run)!r}]\n"

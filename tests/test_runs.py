@@ -217,7 +217,7 @@ def test_thread_choice_precedence(monkeypatch):
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "available_cores", lambda: 8)
     monkeypatch.setattr(threads, "busy_cores", lambda sample_s: 2.6)
-    assert threads.choose_threads() == threads.ThreadChoice(5, "8 cores, 2.6 busy with other work")
+    assert threads.choose_threads() == threads.ThreadChoice(5, "8 cores, 2.6 busy with other work", automatic=True)
     assert threads.choose_threads(processes=2).threads == 2
     monkeypatch.setattr(threads, "busy_cores", lambda sample_s: 11.0)
     assert threads.choose_threads().threads == 1  # always at least one
@@ -227,6 +227,59 @@ def test_thread_choice_precedence(monkeypatch):
     assert threads.choose_threads() == threads.ThreadChoice(2, "from OMP_NUM_THREADS")
     assert threads.choose_threads("4") == threads.ThreadChoice(4, "from --threads")
     assert threads.choose_threads("auto").reason == "from OMP_NUM_THREADS"
+
+
+def test_an_automatic_choice_stays_automatic_in_the_same_process(monkeypatch):
+    """apply_threads exports OMP_NUM_THREADS (for the processes DDP starts); the demo's next stage in the
+    same process still chooses from the load, while a user's OMP_NUM_THREADS is honoured."""
+    from ldm import threads
+
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    monkeypatch.setattr(threads, "busy_cores", lambda sample_s: 1.0)
+    monkeypatch.setattr(threads, "_automatic_env", None)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    first = threads.apply_threads(threads.choose_threads())
+    assert first.automatic and os.environ["OMP_NUM_THREADS"] == "3"
+    monkeypatch.setattr(threads, "busy_cores", lambda sample_s: 3.0)
+    assert threads.choose_threads() == threads.ThreadChoice(1, "4 cores, 3.0 busy with other work", automatic=True)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's
+    assert threads.choose_threads() == threads.ThreadChoice(2, "from OMP_NUM_THREADS")
+
+
+def test_thread_watch_follows_other_work(monkeypatch, caplog):
+    """Other work that starts during training lowers the thread count; when it stops, it rises again."""
+    import torch
+
+    from ldm import callbacks, threads
+
+    clock = [0.0]
+    busy_jiffies = [0]
+    own = [0.0]
+    hz = os.sysconf("SC_CLK_TCK")
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(threads, "_cpu_times", lambda: (busy_jiffies[0], 0))
+    monkeypatch.setattr(threads.os, "times", lambda: os.times_result((own[0], 0.0, 0.0, 0.0, 0.0)))
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    caplog.set_level(logging.INFO, logger="ldm.callbacks.progress")
+    torch.set_num_threads(2)
+    watch = callbacks.ThreadWatch(interval=30)
+    watch.on_train_start(None, None)
+
+    def run_for(seconds: float, own_cores: float, other_cores: float) -> None:
+        clock[0] += seconds
+        own[0] += own_cores * seconds
+        busy_jiffies[0] += int((own_cores + other_cores) * seconds * hz)
+        watch.on_train_batch_end(None, None, None, None, 0)
+
+    run_for(10, own_cores=2, other_cores=1)  # before the interval: no look yet
+    assert torch.get_num_threads() == 2
+    run_for(25, own_cores=2, other_cores=1)  # a process keeps one core busy
+    assert torch.get_num_threads() == 1
+    assert "CPU threads: 2 -> 1 (1.0 cores busy with other work)" in caplog.text
+    run_for(31, own_cores=1, other_cores=0)  # it stopped
+    assert torch.get_num_threads() == 2
 
 
 @pytest.mark.parametrize("value", ["-2", "two", "1.5"])

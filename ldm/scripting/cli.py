@@ -90,6 +90,7 @@ def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
 def run_script(main: Callable[[list[str] | None], Any]) -> None:
     """Entry point of a script: run ``main``; report usage errors in one line and exit non-zero."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ldm.threads").setLevel(logging.INFO)  # the thread count is reported at start
     try:
         main(sys.argv[1:])
     except (OSError, ValueError) as err:  # missing or unreadable files, bad arguments
