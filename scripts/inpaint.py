@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         for image, mask in tqdm(pairs, desc="Inpainting"):
             batch = make_batch(image, mask, device=device)
             inpainted = inpaint_batch(model, sampler_name, sampler, batch, opt.steps)
-            outpath = os.path.join(opt.outdir, os.path.split(image)[1])
+            # claimed with O_EXCL: a second run into the same folder adds <name>-1.png instead of overwriting
+            outpath = outputs.claim_unique(os.path.join(opt.outdir, os.path.split(image)[1]))
             summary.add(outputs.save_image(inpainted[0], outpath))
     summary.print()
     return summary.paths

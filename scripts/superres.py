@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
             samples = samplers.run_sampler(sampler_name, model, opt.ddim_steps, 1, [channels, *geometry[path]],
                                            conditioning=c, eta=opt.ddim_eta, sampler=sampler)
             x = outputs.decode_to_unit(model, samples)
-            summary.add(outputs.save_image(x[0], os.path.join(opt.outdir, path.stem + ".png")))
+            # claimed with O_EXCL: a second run into the same folder adds <stem>-1.png instead of overwriting
+            outpath = outputs.claim_unique(os.path.join(opt.outdir, path.stem + ".png"))
+            summary.add(outputs.save_image(x[0], outpath))
     summary.print()
     return summary.paths
 

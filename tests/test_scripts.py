@@ -368,6 +368,14 @@ def test_inpaint_end_to_end(tmp_path):
         expected = (1 - mask) * (batch["image"] + 1) / 2 + mask * predicted
     assert np.array_equal(png(tmp_path / "out" / names[0]), outputs.to_uint8(expected[0]))
 
+    # a second run into the same folder keeps every earlier file and adds <name>-1.png beside it
+    kept = {name: png(tmp_path / "out" / name) for name in names}
+    rerun = script("inpaint").main(argv)
+    assert sorted(p.name for p in rerun) == sorted(n.replace(".png", "-1.png") for n in names)
+    for name in names:
+        assert np.array_equal(png(tmp_path / "out" / name), kept[name])
+        assert np.array_equal(png(tmp_path / "out" / name.replace(".png", "-1.png")), kept[name])
+
 
 def test_inpaint_mask_size_mismatch_fails_first(tmp_path, monkeypatch):
     forbid_model_loading(monkeypatch)
@@ -596,8 +604,10 @@ def test_superres_upscales_4x(tmp_path):
     assert written == [tmp_path / "out" / "low.png"]
     assert png(written[0]).shape == (32, 48, 3)
     first = png(written[0])
-    script("superres").main(argv)
-    assert np.array_equal(first, png(written[0]))
+    # a second run into the same folder keeps the first file and writes the same image beside it
+    again = script("superres").main(argv)
+    assert again == [tmp_path / "out" / "low-1.png"]
+    assert np.array_equal(first, png(written[0])) and np.array_equal(first, png(again[0]))
 
 
 def test_img2img_class_and_unconditional(cin_ckpt, uncond_ckpt, tmp_path):
