@@ -12,7 +12,6 @@ models, a ``--class_label`` for class-conditional ones, nothing for unconditiona
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -119,20 +118,13 @@ def main(argv: list[str] | None = None) -> list[Path]:
         uncond_class = inputs.null_class(config.model, n_classes)
     init_image = load_image(opt.init_img, inputs.first_stage_factor(config.model)
                             * inputs.unet_factor(config.model))
-    inputs.require_file(files.ckpt, "checkpoint")
-    inputs.check_steps(config.model, opt.ddim_steps, "--ddim_steps")
-
-    cli.setup_threads(opt)
+    sampler_name, device = cli.prepare_sampling(opt, config, files.ckpt, opt.ddim_steps, eta=opt.ddim_eta)
     import torch
     from tqdm import trange
 
     from ldm.models.diffusion.sampling import make_sampler
-    from ldm.scripting import loading, outputs, samplers
+    from ldm.scripting import loading, outputs
 
-    sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
-    device = loading.choose_device(opt.device)
-    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
-    outputs.check_outdir(opt.outdir)  # after the checks that need no folder
     model, _ = loading.load_model(config, files.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     steps = None if sampler_name == "ddpm" else opt.ddim_steps  # ddpm: strength applies to every training step

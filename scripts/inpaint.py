@@ -118,21 +118,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
                          f"models/ldm/inpainting_big; this one has cond_stage_config "
                          f"{cond_stage if isinstance(cond_stage, str) else cond_stage.get('target')!r}")
     check_sizes(pairs, inputs.first_stage_factor(config.model) * inputs.unet_factor(config.model))
-    inputs.require_file(files.ckpt, "checkpoint")
-    inputs.check_steps(config.model, opt.steps, "--steps")
     print(f"Found {len(pairs)} inputs.")
-
-    cli.setup_threads(opt)
+    sampler_name, device = cli.prepare_sampling(opt, config, files.ckpt, opt.steps, "--steps")
     import torch
     from tqdm import tqdm
 
     from ldm.models.diffusion.sampling import make_sampler
-    from ldm.scripting import loading, outputs, samplers
+    from ldm.scripting import loading, outputs
 
-    sampler_name = samplers.resolve_sampler(opt)
-    device = loading.choose_device(opt.device)
-    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
-    outputs.check_outdir(opt.outdir)  # after the checks that need no folder
     model, _ = loading.load_model(config, files.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     os.makedirs(opt.outdir, exist_ok=True)

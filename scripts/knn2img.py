@@ -89,20 +89,13 @@ def main(argv: list[str] | None = None) -> list[Path]:
     inputs.check_conditioning(config.model, ("nix",), "knn2img.py", ", ".join(map(str, files.configs)))
     h, w = inputs.latent_size(config.model, opt.H, opt.W)
     shape = [inputs.latent_channels(config.model), h, w]
-    inputs.require_file(files.ckpt, "checkpoint")
-    inputs.check_steps(config.model, opt.ddim_steps, "--ddim_steps")
-
-    cli.setup_threads(opt)
+    sampler_name, device = cli.prepare_sampling(opt, config, files.ckpt, opt.ddim_steps, eta=opt.ddim_eta)
     import torch
     from tqdm import tqdm, trange
 
     from ldm.models.diffusion.sampling import make_sampler
     from ldm.scripting import loading, outputs, samplers
 
-    sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
-    device = loading.choose_device(opt.device)
-    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
-    outputs.check_outdir(opt.outdir)  # after the checks that need no folder
     searcher = None
     if opt.use_neighbors:
         searcher = Searcher(opt.database, database_root=opt.database_root, searcher_root=opt.searcher_root)

@@ -81,20 +81,13 @@ def main(argv: list[str] | None = None) -> list[Path]:
                              f"a {UPSCALE}x upscale of {path} ({h}x{w}); the low-resolution conditioning must have the "
                              f"latent's size, i.e. a first-stage factor of {UPSCALE}")
         geometry[path] = (lh, lw)
-    inputs.require_file(files.ckpt, "checkpoint")
-    inputs.check_steps(config.model, opt.ddim_steps, "--ddim_steps")
-
-    cli.setup_threads(opt)
+    sampler_name, device = cli.prepare_sampling(opt, config, files.ckpt, opt.ddim_steps, eta=opt.ddim_eta)
     import torch
     from tqdm import tqdm
 
     from ldm.models.diffusion.sampling import make_sampler
     from ldm.scripting import loading, outputs, samplers
 
-    sampler_name = samplers.resolve_sampler(opt, eta=opt.ddim_eta)
-    device = loading.choose_device(opt.device)
-    loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
-    outputs.check_outdir(opt.outdir)  # after the checks that need no folder
     model, _ = loading.load_model(config, files.ckpt, device)
     sampler = make_sampler(sampler_name, model)
     os.makedirs(opt.outdir, exist_ok=True)

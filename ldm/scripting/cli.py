@@ -76,6 +76,27 @@ def setup_threads(opt: argparse.Namespace) -> None:
     logging.getLogger("ldm.threads").info(apply_threads(choose_threads(getattr(opt, "threads", None))).describe())
 
 
+def prepare_sampling(opt: argparse.Namespace, config: Any, ckpt: Any, steps: int | None,
+                     steps_flag: str = "--ddim_steps", eta: float = 0.0) -> tuple[str, Any]:
+    """The checks a sampling script makes before it loads its model, in this order: the checkpoint exists,
+    ``steps`` fits the model's schedule (read from ``config``); then, with the CPU threads chosen, the
+    sampler and its ``eta``, the device, ``--precision`` on that device, and a writable ``--outdir``
+    (checked last, so that a refused option leaves no folder behind). Returns the sampler's canonical
+    name and the torch device."""
+    from ldm.scripting import inputs
+
+    inputs.require_file(ckpt, "checkpoint")
+    inputs.check_steps(config.model, steps, steps_flag)
+    setup_threads(opt)
+    from ldm.scripting import loading, outputs, samplers
+
+    sampler_name = samplers.resolve_sampler(opt, eta=eta)
+    device = loading.choose_device(opt.device)
+    loading.autocast_dtype(opt.precision, device)
+    outputs.check_outdir(opt.outdir)
+    return sampler_name, device
+
+
 def check_positive(name: str, value: int | float, allow_zero: bool = False) -> None:
     """ValueError unless ``value`` > 0 (or >= 0)."""
     if value < 0 or (value == 0 and not allow_zero):
