@@ -105,14 +105,17 @@ def load_model(config: DictConfig, ckpt: str | os.PathLike, device: torch.device
     """Build ``config.model``, load ``ckpt`` with every key matched, move it to ``device``, eval mode.
 
     With ``empty_init`` (the default) the model is built with its parameters on the meta device
-    (`parameters_on_meta`) and the checkpoint's tensors become its parameters (``assign=True``): no time on
-    a random initialization that the checkpoint overwrites, and one copy of the weights in memory, not two.
+    (`parameters_on_meta`) and the checkpoint's tensors, mapped from the file rather than read
+    (`ldm.checkpoint.load_checkpoint` with ``mmap``), become its parameters (``assign=True``): no time on
+    a random initialization that the checkpoint overwrites, no time copying the file into memory, and one
+    copy of the weights, not two. Without it the model is built with its random initialization and the
+    checkpoint, read into memory, is copied into it.
     Returns the model and the checkpoint's metadata (``global_step``, ``epoch`` when stored).
     """
     from ldm.checkpoint import check_weights_fit, load_checkpoint
 
     ckpt = require_file(ckpt, "checkpoint")
-    obj = load_checkpoint(ckpt, map_location="cpu")
+    obj = load_checkpoint(ckpt, map_location="cpu", mmap=empty_init)
     state_dict = obj["state_dict"] if isinstance(obj, Mapping) and "state_dict" in obj else obj
     if not isinstance(state_dict, Mapping):
         raise ValueError(f"checkpoint {ckpt} holds a {type(state_dict).__name__}, not a state dict")
