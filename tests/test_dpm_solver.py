@@ -5,6 +5,7 @@ at second order).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ from omegaconf import OmegaConf
 
 from ldm.models.diffusion.dpm_solver import (SKIP_TYPES, DPMSolverSampler, NoiseScheduleVP, check_timesteps,
                                              solver_timesteps)
-from ldm.models.diffusion.sampling import (DDPMSampler, check_sampler_options, guided_model_output, make_sampler,
+from ldm.models.diffusion.denoiser import Denoiser
+from ldm.models.diffusion.sampling import (DDPMSampler, dpmpp, sample, check_sampler_options, guided_model_output, make_sampler,
                                            resolve_sampler_name)
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -213,3 +215,19 @@ def test_sampler_registry(tiny_ldm):
         check_sampler_options("plms", eta=1.0)
     assert check_sampler_options("ddim", eta=1.0) == "ddim"
     assert np.isfinite(NoiseScheduleVP(tiny_ldm.alphas_cumprod).lambda_.numpy()).all()
+
+
+def test_noise_prediction_multistep(mu):
+    """Multistep DPM-Solver on the predicted noise: its first order is DDIM, its third order converges so."""
+    model = GaussianData(mu, std=1.0)
+    denoiser = Denoiser(model)
+
+    def run(S: int, **options) -> torch.Tensor:
+        sigmas = denoiser.schedule.grid(S, "logSNR").tolist()
+        x = sample(dpmpp, denoiser, x_T() * math.sqrt(1 + sigmas[0] ** 2), sigmas, **options)
+        return x / math.sqrt(1 + sigmas[-1] ** 2)
+
+    assert torch.allclose(run(10, order=1, predict="eps"), run(10, order=1), atol=1e-12)
+    exact = model.exact(x_T(), 999, 0)
+    err = [(run(S, order=3, predict="eps") - exact).abs().max().item() for S in (15, 30, 60)]
+    assert err[0] / err[1] > 6 and err[1] / err[2] > 6, err  # halving h: error / 8

@@ -83,30 +83,33 @@ def plms(model, x, sigmas, i, state, noise):
     return x + (s_next - s) * eps_prime, x - s * eps_prime
 
 
-def dpmpp(model, x, sigmas, i, state, noise, order: int = 2, lower_order_final: bool = False):
-    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) and its third-order multistep analogue (3M)."""
+def dpmpp(model, x, sigmas, i, state, noise, order: int = 2, lower_order_final: bool = False, predict: str = "x0"):
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) and 3M; with ``predict="eps"``, multistep DPM-Solver (Lu et al., NeurIPS 2022)."""
     s, s_next = sigmas[i], sigmas[i + 1]
     denoised = model(x, s)
+    out = denoised if predict == "x0" else (x - denoised) / s  # the extrapolated prediction: x0 or eps
     history = state[-(order - 1):] if order > 1 and not (lower_order_final and i == len(sigmas) - 2) else []
-    state.append((math.log(s), denoised))
+    state.append((math.log(s), out))
     if s_next == 0:  # lambda = inf: the first-order step, x = denoised, is all there is
         return denoised, denoised
     h = math.log(s / s_next)
-    x_next = (s_next / s) * x - math.expm1(-h) * denoised
-    if len(history) == 1 and order == 2:  # Lu et al. 2022, Algorithm 2
+    if predict == "x0" and len(history) == 1 and order == 2:  # Lu et al. 2022, Algorithm 2
         r = (history[0][0] - math.log(s)) / h
-        x_next = x_next - math.expm1(-h) * (denoised - history[0][1]) / (2 * r)
-    elif history:  # Taylor terms h^2 / 2 D' and h^3 / 6 D'' from divided differences in lambda
-        lam = [-math.log(s)] + [-ls for ls, _ in reversed(history)]
-        ds = [denoised] + [d for _, d in reversed(history)]
-        d1 = (ds[0] - ds[1]) / (lam[0] - lam[1])
-        c2 = h + math.expm1(-h)  # integral of e^(tau - h) tau over [0, h]
-        if len(history) == 1:
-            x_next = x_next + c2 * d1
-        else:
-            d2 = (d1 - (ds[1] - ds[2]) / (lam[1] - lam[2])) / (lam[0] - lam[2])
-            x_next = x_next + c2 * (d1 + d2 * (lam[0] - lam[1])) + 2 * (h ** 2 / 2 - c2) * d2
-    return x_next, denoised
+        return (s_next / s) * x - math.expm1(-h) * (denoised + (denoised - history[0][1]) / (2 * r)), denoised
+    # Exponential integrator with out(lambda) ~ out + a1 tau + a2 tau^2 (tau = lambda - lambda_i, from divided
+    # differences), integrated against e^(tau - h) (x0) or sigma_next e^(h - tau) (eps): phi_k = e^z - sum z^j / j!
+    z = -h if predict == "x0" else h
+    phi = (math.expm1(z), math.expm1(z) - z, math.expm1(z) - z - z * z / 2)
+    lam, outs = [-math.log(s)] + [-ls for ls, _ in reversed(history)], [out] + [o for _, o in reversed(history)]
+    a1 = a2 = 0.0
+    if history:
+        a1 = (outs[0] - outs[1]) / (lam[0] - lam[1])
+    if len(history) > 1:
+        a2 = (a1 - (outs[1] - outs[2]) / (lam[1] - lam[2])) / (lam[0] - lam[2])
+        a1 = a1 + a2 * (lam[0] - lam[1])
+    if predict == "x0":
+        return (s_next / s) * x - phi[0] * out + phi[1] * a1 - 2 * phi[2] * a2, denoised
+    return x - s_next * (phi[0] * out + phi[1] * a1 + 2 * phi[2] * a2), denoised
 
 
 def unipc(model, x, sigmas, i, state, noise, order: int = 3, lower_order_final: bool = False):
