@@ -13,11 +13,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ldm.models.diffusion.dpm_solver import (SKIP_TYPES, DPMSolverSampler, NoiseScheduleVP, check_timesteps,
-                                             solver_timesteps)
-from ldm.models.diffusion.denoiser import Denoiser
-from ldm.models.diffusion.sampling import (DDPMSampler, dpmpp, sample, check_sampler_options, guided_model_output, make_sampler,
-                                           resolve_sampler_name)
+from ldm.models.diffusion.denoiser import Denoiser, DiscreteSchedule
+from ldm.models.diffusion.dpm_solver import SKIP_TYPES, DPMSolverSampler
+from ldm.models.diffusion.sampling import (DDPMSampler, check_sampler_options, dpmpp, make_sampler, resolve_sampler_name,
+                                           sample)
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -97,17 +96,17 @@ def test_x0_parameterization_gives_the_same_solution(mu):
 
 @pytest.mark.parametrize("skip_type", SKIP_TYPES)
 def test_solver_grids(skip_type):
-    lam = NoiseScheduleVP(ldm_linear_alphas_cumprod(1000)).lambda_
+    schedule = DiscreteSchedule(ldm_linear_alphas_cumprod(1000))
     for S in (1, 2, 7, 20, 100, 999):
-        grid = solver_timesteps(lam, S, skip_type)
-        assert len(grid) == S + 1 and grid[0] == 999 and grid[-1] == 0
+        grid = [schedule.t(s) for s in schedule.grid(S, skip_type).tolist()]
+        assert all(t.is_integer() for t in grid) and len(grid) == S + 1 and grid[0] == 999 and grid[-1] == 0
         assert all(a > b for a, b in zip(grid, grid[1:]))
     with pytest.raises(ValueError, match=r"steps must be in \[1, 999\]"):
-        solver_timesteps(lam, 1000, skip_type)
+        schedule.grid(1000, skip_type)
     with pytest.raises(ValueError, match="skip_type must be one of"):
-        solver_timesteps(lam, 10, "karras")
+        DPMSolverSampler(GaussianData(torch.zeros(2, 4, 4), 1.0), skip_type="karras")
     with pytest.raises(ValueError, match="strictly decreasing"):
-        check_timesteps([10, 10, 0], 1000)
+        solve(GaussianData(torch.zeros(2, 4, 4), 1.0), None, timesteps=[10, 10, 0])
 
 
 def test_classifier_free_guidance_is_one_batched_forward(mu):
@@ -124,7 +123,7 @@ def test_classifier_free_guidance_is_one_batched_forward(mu):
 
     assert torch.allclose(out, solve(Combined(mu, std=1.0), 8), atol=1e-12)
     t = torch.full((3,), 500)
-    assert torch.equal(guided_model_output(model, x_T(), t, cond, uncond, 1.0), model.apply_model(x_T(), t, cond))
+    assert torch.equal(Denoiser(model, cond, uncond, 1.0).model_output(x_T(), t), model.apply_model(x_T(), t, cond))
 
 
 def test_options_the_solver_does_not_take_raise(mu):
@@ -214,7 +213,7 @@ def test_sampler_registry(tiny_ldm):
     with pytest.raises(ValueError, match="deterministic and takes eta=0 only"):
         check_sampler_options("plms", eta=1.0)
     assert check_sampler_options("ddim", eta=1.0) == "ddim"
-    assert np.isfinite(NoiseScheduleVP(tiny_ldm.alphas_cumprod).lambda_.numpy()).all()
+    assert np.isfinite(DiscreteSchedule(tiny_ldm.alphas_cumprod).lambda_.numpy()).all()
 
 
 def test_noise_prediction_multistep(mu):
