@@ -33,11 +33,6 @@ class DiscreteSchedule:
         self.log_sigmas = self.sigmas.log()
         self.lambda_ = -self.log_sigmas  # the half log-SNR log(alpha_t / sigma_t), decreasing in t
 
-    def sigma(self, t: Any) -> torch.Tensor:
-        """sigma at (possibly fractional) steps ``t``, interpolating log sigma linearly."""
-        t = torch.as_tensor(t, dtype=torch.float64).cpu().numpy()
-        return torch.from_numpy(np.interp(t, np.arange(self.num_timesteps), self.log_sigmas.numpy())).exp()
-
     def t(self, sigma: float) -> float:
         """The (fractional) step of noise level ``sigma``; integer steps come back exactly."""
         t = float(np.interp(math.log(sigma), self.log_sigmas.numpy(), np.arange(self.num_timesteps)))
@@ -106,11 +101,9 @@ def cat_conditioning(uc: Any, c: Any) -> Any:
 
 def batch_size_of(conditioning: Any) -> int | None:
     """The batch size of a conditioning (tensor, list of tensors, or dict of either), None when unknown."""
-    if isinstance(conditioning, dict):
-        return batch_size_of(next(iter(conditioning.values()))) if conditioning else None
-    if isinstance(conditioning, (list, tuple)):
-        return conditioning[0].shape[0] if conditioning and isinstance(conditioning[0], torch.Tensor) else len(conditioning)
-    return conditioning.shape[0] if isinstance(conditioning, torch.Tensor) else None
+    c = next(iter(conditioning.values()), None) if isinstance(conditioning, dict) else conditioning
+    c = c[0] if isinstance(c, (list, tuple)) and c and isinstance(c[0], torch.Tensor) else c
+    return c.shape[0] if isinstance(c, torch.Tensor) else len(c) if isinstance(c, (list, tuple)) else None
 
 
 class Denoiser:

@@ -4,11 +4,8 @@ on integer training steps from T - 1 down to 0, spread evenly in the half log-SN
 code's choice for latents), in sqrt(t) ("time_quadratic") or in t ("time_uniform")."""
 from __future__ import annotations
 
-from typing import Any, Sequence
-
 import torch
 
-from ldm.models.diffusion.denoiser import DiscreteSchedule
 from ldm.models.diffusion.sampling import Sampler
 
 #: Below this many steps the final step is first order when ``lower_order_final`` (the reference code's rule).
@@ -29,26 +26,7 @@ class DPMSolverSampler(Sampler):
             raise ValueError(f"skip_type must be one of {', '.join(SKIP_TYPES)}; got {skip_type!r}")
         super().__init__(model, name)
         self.order, self.lower_order_final, self.skip_type = order, lower_order_final, skip_type
-        self.schedule = DiscreteSchedule(model.alphas_cumprod)
-
-    def sigmas(self, S: int | None) -> list[float]:
-        if S is None:
-            raise ValueError("give the number of steps S or an explicit timesteps grid")
-        return self.schedule.grid(int(S), self.skip_type).tolist()
+        self.spacing = skip_type
 
     def options(self, eta: float, n: int) -> dict:
         return {"order": self.order, "lower_order_final": self.lower_order_final and n < LOWER_ORDER_FINAL_BELOW}
-
-    @torch.no_grad()
-    def sample(self, S: int | None, *args: Any, timesteps: Sequence[int] | None = None, **kwargs: Any):
-        """Solve the probability-flow ODE from x_T in ``S`` steps or along the training steps ``timesteps``."""
-        if timesteps is not None:
-            steps = [int(t) for t in timesteps]
-            if len(steps) < 2 or any(a <= b for a, b in zip(steps, steps[1:])) or not 0 <= steps[-1] <= steps[0] < \
-                    self.schedule.num_timesteps:
-                raise ValueError(f"timesteps must be at least two strictly decreasing steps in "
-                                 f"[0, {self.schedule.num_timesteps - 1}]; got {steps}")
-            if S is not None and int(S) != len(steps) - 1:
-                raise ValueError(f"S={S} disagrees with the {len(steps) - 1} steps of the given timesteps")
-            kwargs["sigmas"] = self.schedule.sigmas[steps].tolist()
-        return super().sample(S, *args, **kwargs)

@@ -25,12 +25,17 @@ logger = logging.getLogger(__name__)
 ADAMS_BASHFORTH = {1: (3 / 2, -1 / 2), 2: (23 / 12, -16 / 12, 5 / 12), 3: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
-def draw_noise(x: torch.Tensor, i: int) -> torch.Tensor:
-    """Standard normal noise like ``x`` (from the global generator, so a seed fixes the samples)."""
-    return torch.randn_like(x)
+def scaled_noise(temperature: float = 1.0, noise_dropout: float = 0.0) -> Callable:
+    """``noise(x, i)``: standard normal noise like x from the global generator (so a seed fixes the samples), times
+    ``temperature``, with dropout of rate ``noise_dropout`` (the original samplers' options)."""
+    def noise(x: torch.Tensor, i: int) -> torch.Tensor:
+        z = torch.randn_like(x) * temperature
+        return torch.nn.functional.dropout(z, p=noise_dropout) if noise_dropout > 0.0 else z
+
+    return noise
 
 
-def sample(step: Callable, model: Callable, x: torch.Tensor, sigmas: Sequence[float], noise: Callable = draw_noise,
+def sample(step: Callable, model: Callable, x: torch.Tensor, sigmas: Sequence[float], noise: Callable = scaled_noise(),
            callback: Callable | None = None, desc: str | None = None, **options: Any) -> torch.Tensor:
     """Run ``step`` from x at ``sigmas[0]`` down to ``sigmas[-1]``; ``callback(i, x, denoised)`` after each step."""
     sigmas, state = [float(s) for s in sigmas], []
@@ -159,15 +164,6 @@ def make_sampler(name: str, model: torch.nn.Module) -> Any:
     return get_obj_from_str(SAMPLERS[key].adapter, where=f"sampler {key!r}")(model, name=key)
 
 
-def scaled_noise(temperature: float = 1.0, noise_dropout: float = 0.0) -> Callable:
-    """Noise times ``temperature``, with dropout of rate ``noise_dropout`` (the original samplers' options)."""
-    def noise(x: torch.Tensor, i: int) -> torch.Tensor:
-        z = torch.randn_like(x) * temperature
-        return torch.nn.functional.dropout(z, p=noise_dropout) if noise_dropout > 0.0 else z
-
-    return noise
-
-
 class Sampler:
     """A registered sampler behind the original samplers' interface: ``Sampler(model).sample(S, batch_size,
     shape, conditioning, ...)`` returns ``(samples, {"x_inter": [...], "pred_x0": [...]})``, in the model's
@@ -180,12 +176,13 @@ class Sampler:
         self.name = resolve_sampler_name(name or self.name)
         self.spec = SAMPLERS[self.name]
         self.step = self.spec.step if callable(self.spec.step) else globals()[self.spec.step]
+        self.spacing = self.spec.spacing  # the grid of noise levels (see DiscreteSchedule.grid)
 
     def sigmas(self, S: int | None) -> list[float]:
         """The noise levels of an ``S``-step run, from the first step's to the last."""
         if S is None:
             raise ValueError(f"sampler {self.name!r} needs the number of steps S; got None")
-        return DiscreteSchedule(self.model.alphas_cumprod).grid(int(S), self.spec.spacing).tolist()
+        return DiscreteSchedule(self.model.alphas_cumprod).grid(int(S), self.spacing).tolist()
 
     def options(self, eta: float, n: int) -> dict:
         """The step function's options for an ``n``-step run with ``eta``."""
@@ -243,7 +240,7 @@ class Sampler:
         return self.run(denoiser, x, sigmas, eta=eta, verbose=verbose)[0]
 
     def run(self, denoiser: Callable, x: torch.Tensor, sigmas: Sequence[float], eta: float = 0.0,
-            mask: torch.Tensor | None = None, x0: torch.Tensor | None = None, noise: Callable = draw_noise,
+            mask: torch.Tensor | None = None, x0: torch.Tensor | None = None, noise: Callable = scaled_noise(),
             hook: Callable | None = None, log_every_t: int = 100,
             verbose: bool = True) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
         """Sample from the VP ``x`` at ``sigmas[0]`` down to ``sigmas[-1]``; returns (VP samples, intermediates):
