@@ -1,10 +1,9 @@
-"""Samplers as step functions over a denoiser and a grid of noise levels; the loop that runs any of them.
+"""Samplers as step functions over a denoiser and a grid of noise levels, the loop that runs any of them, and
+the class that gives them the original samplers' ``.sample(...)``.
 
-A step ``step(model, x, sigmas, i, state, noise, **options) -> (x_next, denoised)`` takes x from noise level
-``sigmas[i]`` to ``sigmas[i + 1]`` in the variance-exploding scale (x = x0 + sigma * eps), calling the
-`Denoiser` ``model(x, sigma)`` (the x0 prediction) as often as it needs; ``state`` is the list a multistep
-method keeps between steps, ``noise(x, i)`` draws the noise of step i. A new sampler is one function here
-and one line in `ldm.samplers.SAMPLERS`.
+A step ``step(model, x, sigmas, i, state, noise, **options) -> (x_next, denoised)`` takes x = x0 + sigma * eps
+from ``sigmas[i]`` to ``sigmas[i + 1]``, calling the `Denoiser` ``model(x, sigma)`` (the x0 prediction) as
+often as it needs; ``state`` is the list a multistep method keeps, ``noise(x, i)`` the noise of step i.
 """
 from __future__ import annotations
 
@@ -204,9 +203,8 @@ class Sampler:
         """``batch_size`` samples of ``shape`` (C, H, W) in ``S`` steps; returns (samples, intermediates).
         Further keyword arguments are accepted and ignored, as by the original samplers."""
         check_sampler_options(self.name, eta)
-        unsupported = [("normals_sequence", normals_sequence, None)]
-        if not self.spec.takes_eta:
-            unsupported += [("temperature", temperature, 1.0), ("noise_dropout", noise_dropout, 0.0)]
+        unsupported = [("normals_sequence", normals_sequence, None), ("temperature", temperature, 1.0),
+                       ("noise_dropout", noise_dropout, 0.0)][:1 if self.spec.takes_eta else 3]
         for option, value, default in unsupported:
             if value is not default and value != default:
                 raise ValueError(f"{type(self).__name__} does not support {option}={value!r}; leave it at {default!r}")
