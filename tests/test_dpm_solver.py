@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 
 from ldm.models.diffusion.denoiser import Denoiser, DiscreteSchedule
 from ldm.models.diffusion.dpm_solver import SKIP_TYPES, DPMSolverSampler
-from ldm.models.diffusion.sampling import (DDPMSampler, check_sampler_options, dpmpp, make_sampler, resolve_sampler_name,
-                                           sample)
+from ldm.models.diffusion.sampling import (DDPMSampler, check_sampler_options, dpmpp, make_sampler,
+                                           resolve_sampler_name, sample)
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
