@@ -958,8 +958,8 @@ def _load_safetensors(path: Path, map_location: Any) -> dict[str, torch.Tensor]:
 
 def _zip_contents(path: Path, size: int) -> tuple[bool, dict[str, int] | None]:
     """Whether the zip file ``path`` is a TorchScript archive, and the bytes of each storage record
-    (``<archive>/data/<key>`` -> size) when every one is stored uncompressed inside the file's ``size``
-    bytes, so that it can be mapped from the file as it lies (else None)."""
+    (``<archive>/data/<key>`` -> size) when every one is stored once, uncompressed, inside the file's
+    ``size`` bytes, so that it can be mapped from the file as it lies (else None)."""
     with zipfile.ZipFile(path) as archive:
         infos = archive.infolist()
     names = [info.filename for info in infos]
@@ -972,9 +972,11 @@ def _zip_contents(path: Path, size: int) -> tuple[bool, dict[str, int] | None]:
     records = {}
     for info in infos:
         if info.filename.startswith(prefix):
-            if info.compress_type != zipfile.ZIP_STORED or info.header_offset + info.file_size > size:
+            key = info.filename[len(prefix):]
+            if (info.compress_type != zipfile.ZIP_STORED or info.header_offset + info.file_size > size
+                    or key in records):
                 return False, None
-            records[info.filename[len(prefix):]] = info.file_size
+            records[key] = info.file_size
     return False, records
 
 

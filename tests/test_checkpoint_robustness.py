@@ -153,6 +153,18 @@ def test_truncated_checkpoints_fail_cleanly(tmp_path, mmap):
             load_checkpoint(write(tmp_path, blob[:cut], f"cut{cut}.ckpt"), mmap=mmap)
 
 
+def test_mapped_loading_reads_a_storage_record_stored_twice_as_reading_does(tmp_path):
+    src = zipfile.ZipFile(io.BytesIO(_template_of({"w": torch.arange(4.0)})))
+    out = io.BytesIO()
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name))
+            if name.endswith("data/0"):
+                dst.writestr(name, torch.arange(10.0, 14.0).numpy().tobytes())
+    path = write(tmp_path, out.getvalue())
+    assert torch.equal(load_checkpoint(path, mmap=True)["w"], load_checkpoint(path)["w"])
+
+
 def test_mapped_loading_falls_back_to_reading_compressed_records(tmp_path):
     values = torch.randn(256)  # random floats do not compress: the file stays larger than its storages
     src = zipfile.ZipFile(io.BytesIO(_template_of({"w": values})))

@@ -114,3 +114,23 @@ def test_txt2img_writes_the_same_images_from_a_mapped_checkpoint(tmp_path, monke
     assert len(written) == 5  # four samples and the grid
     for name in written:
         assert (tmp_path / "fast" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
+
+
+def test_ema_weights_are_ema_scope_without_copying_the_network(tmp_path):
+    config_path, ckpt = build_checkpoint("tiny-superres.yaml", tmp_path / "model")
+    model, _ = loading.load_model(OmegaConf.load(config_path), ckpt, torch.device("cpu"))
+    assert model.use_ema
+    before = {k: (v, v.clone()) for k, v in model.model.state_dict().items()}
+    with torch.no_grad(), model.ema_scope():
+        expected = {k: (v.clone(), v.stride()) for k, v in model.model.state_dict().items()}
+    shadows = {b.data_ptr() for b in model.model_ema.buffers()}
+    with torch.no_grad(), loading.ema_weights(model):
+        inside = model.model.state_dict()
+        for key, (value, stride) in expected.items():
+            assert torch.equal(inside[key], value) and inside[key].stride() == stride, key
+        assert any(not torch.equal(inside[k], before[k][1]) for k in inside)  # EMA weights differ from the raw ones
+        shared = [k for k, v in inside.items() if v.data_ptr() in shadows]
+        assert len(shared) > len(inside) // 2  # the EMA tensors themselves, not copies
+    for key, (value, saved) in before.items():  # afterwards the raw weights, the same tensors, unchanged
+        now = model.model.state_dict()[key]
+        assert now.data_ptr() == value.data_ptr() and torch.equal(now, saved), key
