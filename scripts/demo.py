@@ -20,6 +20,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ldm.evaluation.settings import DEMO_GUIDANCE  # noqa: E402
 from ldm.threads import apply_threads, choose_threads, parse_threads  # noqa: E402
 
 progress = logging.getLogger("demo")
@@ -34,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ldm_steps", type=int, default=2500, help="LDM optimizer steps")
     p.add_argument("--n_per_class", type=int, default=8, help="samples per class in the grid")
     p.add_argument("--ddim_steps", type=int, default=50, help="DDIM steps for sampling")
-    p.add_argument("--scale", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--scale", type=float, default=DEMO_GUIDANCE, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0, help="seed for training and sampling")
     p.add_argument("--accelerator", default="cpu", help="Lightning accelerator for training (cpu, gpu, auto)")
     p.add_argument("--threads", default=None, metavar="N",
