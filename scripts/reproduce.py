@@ -15,6 +15,7 @@ Published figures come from 50,000 samples; a smaller --num_samples gives a quic
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict | None:
     opt = get_parser().parse_args(argv)
+    logging.getLogger("ldm.evaluation.zoo").setLevel(logging.INFO)  # says how many batches a resumed run keeps
     from ldm.evaluation import zoo
     from ldm.evaluation.evaluate import Settings, evaluate, format_table, plan, write_json
     from ldm.evaluation.inception import InceptionFeatures
