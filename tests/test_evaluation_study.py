@@ -110,3 +110,27 @@ def test_predict_maps_colour_and_shape_to_classes():
     assert result["fd"] == pytest.approx(0.0, abs=1e-6) and 0.0 <= result["accuracy"] <= 1.0
     with pytest.raises(ValueError, match="Frechet distance is not defined for 12 samples"):
         score_samples(wide, images, labels, images)
+
+
+def test_demo_draws_its_grid_again_from_an_earlier_run(tmp_path):
+    """scripts/demo.py --ldm_run skips training and samples the run's checkpoint (here: untrained weights)."""
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("demo_script", REPO / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    with pytest.raises(SystemExit, match="--ldm_run .*nowhere: no checkpoints/last.ckpt"):
+        demo.main(["--ldm_run", str(tmp_path / "nowhere"), "--outdir", str(tmp_path / "out")])
+    config = OmegaConf.load(demo.LDM_CONFIG)
+    config.model.params.first_stage_config.params.ckpt_path = None
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": instantiate_from_config(config.model).state_dict()}, run / "checkpoints" / "last.ckpt")
+    grid = demo.main(["--ldm_run", str(run), "--outdir", str(tmp_path / "out"), "--n_per_class", "2",
+                      "--ddim_steps", "2", "--threads", "1"])
+    assert grid == tmp_path / "out" / "samples.png" and not (tmp_path / "out" / "logs").exists()  # nothing trained
+    width, height = Image.open(grid).size
+    assert height > 2.5 * width  # six class rows of two samples

@@ -225,3 +225,14 @@ def test_reproduce_killed_by_sigkill_resumes_without_resampling(tiny_row, tmp_pa
         assert data["arr_0"].shape == (2 * num_batches, 16, 16, 3)
     assert json.loads((outdir / "results.json").read_text())["num_samples"] == 2 * num_batches
     assert "KID" in rerun.stdout and "5.11" in rerun.stdout  # the published FID beside the measured figures
+
+
+def test_reproduce_clip_score_needs_a_text_row_and_writes_the_captions_of_text_rows(tiny_row, tmp_path, monkeypatch):
+    registry, weights, reference = tiny_row
+    monkeypatch.setattr(zoo, "sample_row", lambda *a, **k: pytest.fail("sampled before the error"))
+    with pytest.raises(ValueError, match="clip_score scores samples against their captions; row tiny is not text"):
+        reproduce(registry, weights, reference, tmp_path / "run", "--metrics", "clip_score")
+    captions = zoo.sample_captions(["a cat", "a dog\nbarking"], 5)
+    assert captions == ["a cat", "a dog\nbarking", "a cat", "a dog\nbarking", "a cat"]
+    path = zoo.write_captions(captions, tmp_path / "samples.prompts.txt")
+    assert path.read_text().splitlines() == ["a cat", "a dog barking", "a cat", "a dog barking", "a cat"]

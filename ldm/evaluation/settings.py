@@ -23,7 +23,7 @@ REGISTRY = _REPO / "models" / "model_zoo.yaml"
 #: Where scripts/demo.py writes its runs.
 DEMO_OUTDIR = _REPO / "outputs" / "demo"
 #: Classifier-free guidance scale of the demo's samples (scripts/demo.py, evaluate_demo.py, sampler_study.py).
-DEMO_GUIDANCE = 3.0
+DEMO_GUIDANCE = 6.0
 #: Sampler steps of the sampler study (ancestral DDPM runs all training steps instead).
 STUDY_STEPS = (5, 10, 20, 50, 100)
 #: Environment variable naming the folder of the reference-feature and classifier cache.
