@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ldm.models.diffusion.denoiser import Denoiser, DiscreteSchedule  # noqa: E402
@@ -54,7 +55,9 @@ class GaussianData(torch.nn.Module):
         self.mu, self.std = mu, std
 
     def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        sigma = self.schedule.sigma(t).view(-1, *([1] * (x.dim() - 1)))  # (B, 1, 1, 1)
+        # sigma at (possibly fractional) steps t, interpolating log sigma linearly as the denoiser's t(sigma) does
+        log_sigma = np.interp(t.double().cpu().numpy(), np.arange(TIMESTEPS), self.schedule.log_sigmas.numpy())
+        sigma = torch.from_numpy(log_sigma).exp().view(-1, *([1] * (x.dim() - 1)))  # (B, 1, 1, 1)
         x_ve = x * (1 + sigma ** 2).sqrt()
         denoised = self.mu + self.std ** 2 / (self.std ** 2 + sigma ** 2) * (x_ve - self.mu)
         return (x_ve - denoised) / sigma

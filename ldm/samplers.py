@@ -29,6 +29,7 @@ SAMPLERS = {
     "plms": SamplerSpec("plms", "ddim", adapter="ldm.models.diffusion.plms.PLMSSampler"),
     "dpmpp2m": SamplerSpec("dpmpp", "logSNR", adapter="ldm.models.diffusion.dpm_solver.DPMSolverSampler"),
     "dpmpp3m": SamplerSpec("dpmpp", "log_sigma", {"order": 3}),
+    "dpm3m": SamplerSpec("dpmpp", "time_quadratic", {"order": 3, "predict": "eps"}),  # DPM-Solver-3 on the noise
     "unipc": SamplerSpec("unipc", "log_sigma", {"order": 2}),  # UniPC-2, Zhao et al.'s choice for guided sampling
     "unipc3": SamplerSpec("unipc", "log_sigma"),  # UniPC-3, their choice for unconditional sampling
     "euler_karras": SamplerSpec("ancestral", "karras", {"eta": 0.0}),

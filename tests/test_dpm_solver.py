@@ -5,6 +5,7 @@ at second order).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ldm.models.diffusion.dpm_solver import (SKIP_TYPES, DPMSolverSampler, NoiseScheduleVP, check_timesteps,
-                                             solver_timesteps)
-from ldm.models.diffusion.sampling import (DDPMSampler, check_sampler_options, guided_model_output, make_sampler,
-                                           resolve_sampler_name)
+from ldm.models.diffusion.denoiser import Denoiser, DiscreteSchedule
+from ldm.models.diffusion.dpm_solver import SKIP_TYPES, DPMSolverSampler
+from ldm.models.diffusion.sampling import (DDPMSampler, check_sampler_options, dpmpp, make_sampler,
+                                           resolve_sampler_name, sample)
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -95,17 +96,15 @@ def test_x0_parameterization_gives_the_same_solution(mu):
 
 @pytest.mark.parametrize("skip_type", SKIP_TYPES)
 def test_solver_grids(skip_type):
-    lam = NoiseScheduleVP(ldm_linear_alphas_cumprod(1000)).lambda_
+    schedule = DiscreteSchedule(ldm_linear_alphas_cumprod(1000))
     for S in (1, 2, 7, 20, 100, 999):
-        grid = solver_timesteps(lam, S, skip_type)
-        assert len(grid) == S + 1 and grid[0] == 999 and grid[-1] == 0
+        grid = [schedule.t(s) for s in schedule.grid(S, skip_type).tolist()]
+        assert all(t.is_integer() for t in grid) and len(grid) == S + 1 and grid[0] == 999 and grid[-1] == 0
         assert all(a > b for a, b in zip(grid, grid[1:]))
     with pytest.raises(ValueError, match=r"steps must be in \[1, 999\]"):
-        solver_timesteps(lam, 1000, skip_type)
+        schedule.grid(1000, skip_type)
     with pytest.raises(ValueError, match="skip_type must be one of"):
-        solver_timesteps(lam, 10, "karras")
-    with pytest.raises(ValueError, match="strictly decreasing"):
-        check_timesteps([10, 10, 0], 1000)
+        DPMSolverSampler(GaussianData(torch.zeros(2, 4, 4), 1.0), skip_type="karras")
 
 
 def test_classifier_free_guidance_is_one_batched_forward(mu):
@@ -122,7 +121,7 @@ def test_classifier_free_guidance_is_one_batched_forward(mu):
 
     assert torch.allclose(out, solve(Combined(mu, std=1.0), 8), atol=1e-12)
     t = torch.full((3,), 500)
-    assert torch.equal(guided_model_output(model, x_T(), t, cond, uncond, 1.0), model.apply_model(x_T(), t, cond))
+    assert torch.equal(Denoiser(model, cond, uncond, 1.0).model_output(x_T(), t), model.apply_model(x_T(), t, cond))
 
 
 def test_options_the_solver_does_not_take_raise(mu):
@@ -179,7 +178,8 @@ def test_first_order_solver_is_ddim(tiny_ldm):
                   unconditional_conditioning=uc)
     ddim, _ = DDIMSampler(model).sample(5, 2, (3, 8, 8), eta=0.0, **kwargs)
     # DDIM's 5 steps on 20 training steps: 17 -> 13 -> 9 -> 5 -> 1 -> 0
-    ours, _ = DPMSolverSampler(model, order=1).sample(None, 2, (3, 8, 8), timesteps=[17, 13, 9, 5, 1, 0], **kwargs)
+    sigmas = DiscreteSchedule(model.alphas_cumprod).sigmas[[17, 13, 9, 5, 1, 0]].tolist()
+    ours, _ = DPMSolverSampler(model, order=1).sample(None, 2, (3, 8, 8), sigmas=sigmas, **kwargs)
     assert torch.allclose(ours, ddim, atol=1e-5, rtol=1e-5)
     second, _ = DPMSolverSampler(model).sample(5, 2, (3, 8, 8), **kwargs)
     assert second.shape == ddim.shape and torch.isfinite(second).all()
@@ -212,4 +212,20 @@ def test_sampler_registry(tiny_ldm):
     with pytest.raises(ValueError, match="deterministic and takes eta=0 only"):
         check_sampler_options("plms", eta=1.0)
     assert check_sampler_options("ddim", eta=1.0) == "ddim"
-    assert np.isfinite(NoiseScheduleVP(tiny_ldm.alphas_cumprod).lambda_.numpy()).all()
+    assert np.isfinite(DiscreteSchedule(tiny_ldm.alphas_cumprod).lambda_.numpy()).all()
+
+
+def test_noise_prediction_multistep(mu):
+    """Multistep DPM-Solver on the predicted noise: its first order is DDIM, its third order converges so."""
+    model = GaussianData(mu, std=1.0)
+    denoiser = Denoiser(model)
+
+    def run(S: int, **options) -> torch.Tensor:
+        sigmas = denoiser.schedule.grid(S, "logSNR").tolist()
+        x = sample(dpmpp, denoiser, x_T() * math.sqrt(1 + sigmas[0] ** 2), sigmas, **options)
+        return x / math.sqrt(1 + sigmas[-1] ** 2)
+
+    assert torch.allclose(run(10, order=1, predict="eps"), run(10, order=1), atol=1e-12)
+    exact = model.exact(x_T(), 999, 0)
+    err = [(run(S, order=3, predict="eps") - exact).abs().max().item() for S in (15, 30, 60)]
+    assert err[0] / err[1] > 6 and err[1] / err[2] > 6, err  # halving h: error / 8

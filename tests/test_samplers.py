@@ -11,7 +11,7 @@ from torch import nn
 
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.plms import PLMSSampler
-from ldm.models.diffusion.sampling_common import cat_conditioning
+from ldm.models.diffusion.denoiser import Denoiser, cat_conditioning
 from ldm.models.diffusion.schedule import GaussianDiffusionMixin
 from ldm.modules.diffusionmodules.util import extract_into_tensor
 
@@ -126,8 +126,7 @@ def test_guidance_is_one_batched_forward():
     sampler = DDIMSampler(model)
     x = torch.zeros(2, *SHAPE)
     t = torch.full((2,), 5)
-    e_t = sampler.get_model_output(x, t, torch.ones(2), unconditional_guidance_scale=3.0,
-                                   unconditional_conditioning=torch.zeros(2))
+    e_t = Denoiser(model, torch.ones(2), torch.zeros(2), 3.0).model_output(x, t)
     assert model.calls == [4]
     assert torch.allclose(e_t, torch.full_like(e_t, 3.0))  # 0 + 3 * (1 - 0)
     model.calls.clear()
@@ -135,8 +134,7 @@ def test_guidance_is_one_batched_forward():
                    unconditional_conditioning=torch.zeros(2), eta=0.0, verbose=False)
     assert model.calls == [4] * STEPS
     model.calls.clear()
-    sampler.get_model_output(x, t, torch.ones(2), unconditional_guidance_scale=1.0,
-                             unconditional_conditioning=torch.zeros(2))
+    Denoiser(model, torch.ones(2), torch.zeros(2), 1.0).model_output(x, t)
     assert model.calls == [2]  # scale 1: no unconditional pass
 
 

@@ -1,10 +1,6 @@
-"""DDIM sampler: "Denoising Diffusion Implicit Models" (Song et al., ICLR 2021).
-
-Deterministic (eta = 0) or stochastic (eta > 0, eq. 16) sampling on a sub-sequence of the training
-timesteps (the ``ancestral`` step of `ldm.models.diffusion.sampling`), with the original interface:
-`make_schedule` and its buffers, and the DDIM forward (`stochastic_encode`) and reverse (`decode`)
-maps used for image-to-image editing.
-"""
+"""DDIM sampler: "Denoising Diffusion Implicit Models" (Song et al., ICLR 2021), with the original interface:
+`make_schedule` and its buffers, and the forward (`stochastic_encode`) and reverse (`decode`) maps of
+image-to-image editing; the update is the ``ancestral`` step of `ldm.models.diffusion.sampling`."""
 from __future__ import annotations
 
 from typing import Any
@@ -18,7 +14,7 @@ from ldm.modules.diffusionmodules.util import extract_into_tensor, make_ddim_sam
 
 
 class DDIMSampler(Sampler):
-    """DDIM (Song et al. 2021, eq. 12) for a `DDPM` / `LatentDiffusion` model."""
+    """DDIM (Song et al. 2021, eq. 12; eq. 16 with eta > 0) for a `DDPM` / `LatentDiffusion` model."""
 
     name = "ddim"
 
@@ -27,32 +23,25 @@ class DDIMSampler(Sampler):
         self.ddpm_num_timesteps = model.num_timesteps
         self.eta = 0.0
 
-    def register_buffer(self, name: str, value: Any) -> None:
-        """Store a schedule array as a float32 tensor on the device of the model's schedule."""
-        setattr(self, name, torch.as_tensor(value).detach().to(torch.float32).to(self.model.alphas_cumprod.device))
-
     def make_schedule(self, ddim_num_steps: int, ddim_discretize: str = "uniform", ddim_eta: float = 0.0,
                       verbose: bool = True) -> None:
-        """Select ``ddim_num_steps`` timesteps and compute alpha_t, alpha_{t-1}, sigma_t on them."""
-        if not 0 < ddim_num_steps < self.ddpm_num_timesteps:
-            # The schedule shifts every step by one, so S == T would ask for step T, past the last one.
+        """Select ``ddim_num_steps`` timesteps and compute alpha_t, alpha_{t-1}, sigma_t on them (float32 tensors
+        on the device of the model's schedule)."""
+        if not 0 < ddim_num_steps < self.ddpm_num_timesteps:  # S == T would ask for step T, past the last one
             raise ValueError(f"the number of DDIM steps must be between 1 and {self.ddpm_num_timesteps - 1} "
                              f"(the model has {self.ddpm_num_timesteps} timesteps); got {ddim_num_steps}")
         self.ddim_timesteps = make_ddim_timesteps(ddim_discretize, ddim_num_steps, self.ddpm_num_timesteps,
                                                   verbose=verbose)
         self.eta = ddim_eta
-        acp = self.model.alphas_cumprod.detach().cpu()
-        self.register_buffer("alphas_cumprod", acp)
-        self.register_buffer("sqrt_alphas_cumprod", acp.sqrt())
-        self.register_buffer("sqrt_one_minus_alphas_cumprod", (1.0 - acp).sqrt())
+        acp, acp_prev = self.model.alphas_cumprod.detach().cpu(), self.model.alphas_cumprod_prev.detach().cpu()
         sigmas, alphas, alphas_prev = make_ddim_sampling_parameters(acp, self.ddim_timesteps, ddim_eta, verbose)
-        self.register_buffer("ddim_sigmas", sigmas)
-        self.register_buffer("ddim_alphas", alphas)
-        self.register_buffer("ddim_alphas_prev", alphas_prev)
-        self.register_buffer("ddim_sqrt_one_minus_alphas", (1.0 - alphas).sqrt())
-        acp_prev = self.model.alphas_cumprod_prev.detach().cpu()
-        self.register_buffer("ddim_sigmas_for_original_num_steps",
-                             ddim_eta * ((1 - acp_prev) / (1 - acp) * (1 - acp / acp_prev)).sqrt())
+        buffers = {"alphas_cumprod": acp, "sqrt_alphas_cumprod": acp.sqrt(),
+                   "sqrt_one_minus_alphas_cumprod": (1.0 - acp).sqrt(), "ddim_sigmas": sigmas, "ddim_alphas": alphas,
+                   "ddim_alphas_prev": alphas_prev, "ddim_sqrt_one_minus_alphas": (1.0 - alphas).sqrt(),
+                   "ddim_sigmas_for_original_num_steps":
+                       ddim_eta * ((1 - acp_prev) / (1 - acp) * (1 - acp / acp_prev)).sqrt()}
+        for name, value in buffers.items():
+            setattr(self, name, value.detach().to(torch.float32).to(self.model.alphas_cumprod.device))
 
     @torch.no_grad()
     def sample(self, S: int, batch_size: int, shape: Any, *args: Any, eta: float = 0.0, verbose: bool = True,
@@ -60,20 +49,13 @@ class DDIMSampler(Sampler):
         self.make_schedule(ddim_num_steps=S, ddim_eta=eta, verbose=verbose)
         return super().sample(S, batch_size, shape, *args, eta=eta, verbose=verbose, **kwargs)
 
-    def get_model_output(self, x: torch.Tensor, t: torch.Tensor, c: Any, unconditional_guidance_scale: float = 1.0,
-                         unconditional_conditioning: Any = None, score_corrector: Any = None,
-                         corrector_kwargs: dict | None = None) -> torch.Tensor:
-        """The network output at steps ``t``, with classifier-free guidance in one batched forward pass."""
-        return self.denoiser(c, unconditional_conditioning, unconditional_guidance_scale,
-                             score_corrector=score_corrector, corrector_kwargs=corrector_kwargs).model_output(x, t)
-
     @torch.no_grad()
     def stochastic_encode(self, x0: torch.Tensor, t: torch.Tensor, use_original_steps: bool = False,
                           noise: torch.Tensor | None = None) -> torch.Tensor:
         """Noise x_0 to DDIM step index ``t`` in one go (fast, but not an exact inversion)."""
         if use_original_steps:
             signal, noise_level = self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod
-        else:  # the DDIM steps
+        else:
             signal, noise_level = self.ddim_alphas.sqrt(), self.ddim_sqrt_one_minus_alphas
         noise = torch.randn_like(x0) if noise is None else noise
         t = t.to(signal.device)

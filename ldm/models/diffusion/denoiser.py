@@ -1,14 +1,12 @@
-"""A discrete noise schedule and a denoiser: what every sampler works with.
+"""The discrete noise schedule and the denoiser every sampler works with.
 
 Samplers see the diffusion in its variance-exploding form (Karras et al. 2022, "Elucidating the Design
-Space of Diffusion-Based Generative Models", eq. 1 and Table 1): x = x0 + sigma * eps, with
-sigma_t = sqrt((1 - alphas_cumprod[t]) / alphas_cumprod[t]) for the model's discrete (VP) steps; the VP
-sample is x / sqrt(1 + sigma^2). `Denoiser` turns a model into D(x, sigma), the prediction of x0, with
-classifier-free guidance (Ho & Salimans 2021) in one batched forward pass.
+Space of Diffusion-Based Generative Models", eq. 1): x = x0 + sigma * eps, with sigma_t =
+sqrt((1 - alphas_cumprod[t]) / alphas_cumprod[t]) for the model's discrete (VP) steps, whose input is
+x / sqrt(1 + sigma^2).
 """
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, Callable
 
@@ -17,9 +15,7 @@ import torch
 
 from ldm.modules.diffusionmodules.util import make_ddim_timesteps
 
-logger = logging.getLogger(__name__)
-
-#: Ways to place the steps of a sampler between the first and the last noise level.
+#: Ways to place a sampler's steps between the first and the last noise level (see `DiscreteSchedule.grid`).
 SPACINGS = ("ddim", "logSNR", "time_uniform", "time_quadratic", "log_sigma", "karras", "all")
 #: rho of the Karras et al. 2022 grid (eq. 5): the steps gather near the data.
 KARRAS_RHO = 7.0
@@ -35,26 +31,11 @@ class DiscreteSchedule:
         self.num_timesteps = ac.shape[0]
         self.sigmas = ((1.0 - ac) / ac).sqrt()  # (T,) increasing in t
         self.log_sigmas = self.sigmas.log()
-
-    @property
-    def lambda_(self) -> torch.Tensor:
-        """The half log-SNR log(alpha_t / sigma_t) of every step (decreasing in t)."""
-        return -self.log_sigmas
-
-    def sigma(self, t: float | np.ndarray | list) -> torch.Tensor:
-        """sigma at (possibly fractional) steps ``t``, interpolating log sigma linearly."""
-        t = torch.as_tensor(t, dtype=torch.float64).clamp(0, self.num_timesteps - 1)
-        lo = t.floor().long()
-        hi = torch.clamp(lo + 1, max=self.num_timesteps - 1)
-        w = t - lo
-        return ((1 - w) * self.log_sigmas[lo] + w * self.log_sigmas[hi]).exp()
+        self.lambda_ = -self.log_sigmas  # the half log-SNR log(alpha_t / sigma_t), decreasing in t
 
     def t(self, sigma: float) -> float:
         """The (fractional) step of noise level ``sigma``; integer steps come back exactly."""
-        log_sigma = math.log(min(max(sigma, float(self.sigmas[0])), float(self.sigmas[-1])))
-        hi = int(torch.searchsorted(self.log_sigmas, torch.tensor(log_sigma, dtype=torch.float64)).clamp(1, None))
-        lo_value, hi_value = float(self.log_sigmas[hi - 1]), float(self.log_sigmas[hi])
-        t = hi - 1 + (log_sigma - lo_value) / (hi_value - lo_value)
+        t = float(np.interp(math.log(sigma), self.log_sigmas.numpy(), np.arange(self.num_timesteps)))
         return float(round(t)) if abs(t - round(t)) < 1e-6 else t
 
     def grid(self, steps: int, spacing: str = "logSNR", to_zero: bool = False) -> torch.Tensor:
@@ -63,9 +44,7 @@ class DiscreteSchedule:
         ``ddim``: the original DDIM steps (every (T // steps)-th step, shifted by one; then step 0);
         ``logSNR``, ``time_uniform``, ``time_quadratic``: integer steps evenly spaced in the half log-SNR
         lambda = -log sigma, in t or in sqrt(t) (Lu et al. 2022); ``log_sigma``: evenly spaced in lambda,
-        not rounded to training steps (the model sees fractional steps); ``karras``: Karras et al.
-        2022, eq. 5 (rho = 7);
-        ``all``: every training step (``steps`` must be T).
+        not rounded to training steps; ``karras``: Karras et al. 2022, eq. 5 (rho = 7); ``all``: every step.
         """
         T = self.num_timesteps
         if spacing not in SPACINGS:
@@ -81,18 +60,16 @@ class DiscreteSchedule:
         elif spacing == "log_sigma":
             sigmas = torch.linspace(float(self.log_sigmas[-1]), float(self.log_sigmas[0]), steps + 1).exp()
         elif spacing == "karras":
-            lo, hi = float(self.sigmas[0]) ** (1 / KARRAS_RHO), float(self.sigmas[-1]) ** (1 / KARRAS_RHO)
-            sigmas = torch.linspace(hi, lo, steps + 1, dtype=torch.float64) ** KARRAS_RHO
+            ends = float(self.sigmas[-1]) ** (1 / KARRAS_RHO), float(self.sigmas[0]) ** (1 / KARRAS_RHO)
+            sigmas = torch.linspace(*ends, steps + 1, dtype=torch.float64) ** KARRAS_RHO
         else:
             sigmas = self.sigmas[integer_grid(self.lambda_, steps, spacing)]
         return torch.cat([sigmas, sigmas.new_zeros(1)]) if to_zero else sigmas
 
 
 def integer_grid(lambdas: torch.Tensor, steps: int, spacing: str) -> list[int]:
-    """``steps + 1`` strictly decreasing integer steps from T-1 to 0, evenly spaced in lambda, t or sqrt(t).
-
-    Where rounding would repeat a step near t = 0, steps are pushed up by one so that none repeats.
-    """
+    """``steps + 1`` strictly decreasing integer steps from T-1 to 0, evenly spaced in lambda, t or sqrt(t)
+    (where rounding would repeat a step, it moves by one)."""
     T = int(lambdas.shape[0])
     if spacing == "time_uniform":
         grid = np.floor(np.linspace(T - 1, 0, steps + 1) + 0.5)  # round half up
@@ -124,29 +101,21 @@ def cat_conditioning(uc: Any, c: Any) -> Any:
 
 def batch_size_of(conditioning: Any) -> int | None:
     """The batch size of a conditioning (tensor, list of tensors, or dict of either), None when unknown."""
-    if isinstance(conditioning, dict):
-        return batch_size_of(next(iter(conditioning.values()))) if conditioning else None
-    if isinstance(conditioning, (list, tuple)):
-        if conditioning and isinstance(conditioning[0], torch.Tensor):
-            return conditioning[0].shape[0]
-        return len(conditioning)
-    return conditioning.shape[0] if isinstance(conditioning, torch.Tensor) else None
+    c = next(iter(conditioning.values()), None) if isinstance(conditioning, dict) else conditioning
+    c = c[0] if isinstance(c, (list, tuple)) and c and isinstance(c[0], torch.Tensor) else c
+    return c.shape[0] if isinstance(c, torch.Tensor) else len(c) if isinstance(c, (list, tuple)) else None
 
 
 class Denoiser:
-    """D(x, sigma): a diffusion model's prediction of x0 at noise level sigma, guided and post-processed.
-
-    ``model`` offers ``apply_model(x, t, cond)`` (the network's eps or x0 output at step t of the VP
-    process), ``parameterization`` and ``alphas_cumprod``. With ``unconditional_conditioning`` and a
-    scale other than 1, the prediction is e_u + scale * (e_c - e_u) from one forward pass over
-    ``cat([x, x])``. ``score_corrector.modify_score`` may adjust the predicted noise; ``denoised_fn``
-    maps the x0 prediction (clamping, quantization).
+    """D(x, sigma), the x0 prediction of a model offering ``apply_model(x, t, cond)``, ``parameterization``
+    and ``alphas_cumprod``, with classifier-free guidance (Ho & Salimans 2021) in one batched forward pass:
+    e_u + scale * (e_c - e_u) over ``cat([x, x])``. ``score_corrector.modify_score`` may adjust the
+    network output; ``denoised_fn`` maps the x0 prediction (clamping, quantization).
     """
 
     def __init__(self, model: torch.nn.Module, cond: Any = None, unconditional_conditioning: Any = None,
                  unconditional_guidance_scale: float = 1.0, denoised_fn: Callable | None = None,
-                 score_corrector: Any = None, corrector_kwargs: dict | None = None,
-                 model_fn: Callable | None = None):
+                 score_corrector: Any = None, corrector_kwargs: dict | None = None, model_fn: Callable | None = None):
         if model.parameterization not in ("eps", "x0"):
             raise ValueError(f"parameterization must be 'eps' or 'x0'; got {model.parameterization!r}")
         if score_corrector is not None and model.parameterization != "eps":
@@ -172,9 +141,7 @@ class Denoiser:
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """The x0 prediction for ``x`` (variance-exploding scale) at noise level ``sigma``."""
         step = self.schedule.t(sigma)
-        t = torch.full((x.shape[0],), step, device=x.device,
-                       dtype=torch.long if float(step).is_integer() else x.dtype)
-        scale = 1.0 / math.sqrt(1.0 + sigma ** 2)
-        out = self.model_output(x * scale, t)
+        t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long if step.is_integer() else x.dtype)
+        out = self.model_output(x * (1.0 / math.sqrt(1.0 + sigma ** 2)), t)
         denoised = x - sigma * out if self.model.parameterization == "eps" else out
         return denoised if self.denoised_fn is None else self.denoised_fn(denoised)

@@ -325,8 +325,7 @@ class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, Latent
             return cond
         if self.model.conditioning_key == "hybrid":
             raise ValueError("num_timesteps_cond > 1 cannot be combined with conditioning_key 'hybrid'")
-        tc = self.cond_ids[ts].to(cond.device)
-        return self.q_sample(x_start=cond, t=tc, noise=torch.randn_like(cond))
+        return self.q_sample(x_start=cond, t=self.cond_ids[ts].to(cond.device), noise=torch.randn_like(cond))
 
     def _ancestral(self, cond: Any, shape: Sequence[int], x_T: torch.Tensor | None, steps: int | None,
                    verbose: bool, callback=None, img_callback=None, mask: torch.Tensor | None = None,
@@ -334,20 +333,13 @@ class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, Latent
                    temperature: float | Sequence[float] = 1.0, noise_dropout: float = 0.0,
                    score_corrector: Any = None, corrector_kwargs: dict | None = None, log_every_t: int | None = None):
         """Ancestral sampling (`DDPMSampler`) from step ``steps - 1`` down to 0; returns (img, intermediates).
-
-        ``callback(t)`` and ``img_callback(img, t)`` see the training step t; ``temperature`` may be
-        given per step.
-        """
+        ``callback(t)`` and ``img_callback(img, t)`` see the training step t; ``temperature`` may be per step."""
         sampler = DDPMSampler(self)
         steps = min(steps or self.num_timesteps, self.num_timesteps)
-        sigmas = sampler.sigmas(None)[self.num_timesteps - steps:]
         denoiser = sampler.denoiser(cond, quantize_x0=quantize_denoised, score_corrector=score_corrector,
                                     corrector_kwargs=corrector_kwargs)
         denoiser.model_fn = lambda x, t, c: self.apply_model(x, t, self._noisy_cond(c, t))
         temperatures = [float(temperature)] * steps if isinstance(temperature, (int, float)) else temperature
-
-        def noise(x: torch.Tensor, i: int) -> torch.Tensor:
-            return scaled_noise(temperatures[steps - 1 - i], noise_dropout)(x, i)
 
         def hook(i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
             if callback:
@@ -356,8 +348,9 @@ class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, Latent
                 img_callback(x, steps - 1 - i)
 
         x = torch.randn(shape, device=self.betas.device) if x_T is None else x_T
-        return sampler.run(denoiser, x, sigmas, eta=1.0, mask=mask, x0=x0, noise=noise, hook=hook,
-                           log_every_t=log_every_t or self.log_every_t, verbose=verbose)
+        return sampler.run(denoiser, x, sampler.sigmas(None)[self.num_timesteps - steps:], eta=1.0, mask=mask, x0=x0,
+                           noise=lambda x, i: scaled_noise(temperatures[steps - 1 - i], noise_dropout)(x, i),
+                           hook=hook, log_every_t=log_every_t or self.log_every_t, verbose=verbose)
 
     @torch.no_grad()
     def progressive_denoising(self, cond: Any, shape: Sequence[int], verbose: bool = True, callback=None,

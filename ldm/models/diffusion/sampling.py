@@ -1,12 +1,9 @@
-"""Samplers as functions over a denoiser and a grid of noise levels, and the registry that names them.
+"""Samplers as step functions over a denoiser and a grid of noise levels, the loop that runs any of them, and
+the class that gives them the original samplers' ``.sample(...)``.
 
-Every sampler is one step function with the signature ``step(model, x, sigmas, i, state, noise) ->
-(x_next, denoised)``: it takes x from noise level ``sigmas[i]`` to ``sigmas[i + 1]`` in the
-variance-exploding scale (x = x0 + sigma * eps), calling ``model(x, sigma)`` (a `Denoiser`: the x0
-prediction) as often as it needs; ``state`` is a list the sampler keeps between its steps (the history
-of a multistep method) and ``noise(x, i)`` draws the noise of step i. `sample` runs any of them;
-`inpainting` turns any of them into one that keeps a known region. Adding a sampler takes one
-function here and one line in `ldm.samplers.SAMPLERS`.
+A step ``step(model, x, sigmas, i, state, noise, **options) -> (x_next, denoised)`` takes x = x0 + sigma * eps
+from ``sigmas[i]`` to ``sigmas[i + 1]``, calling the `Denoiser` ``model(x, sigma)`` (the x0 prediction) as
+often as it needs; ``state`` is the list a multistep method keeps, ``noise(x, i)`` the noise of step i.
 """
 from __future__ import annotations
 
@@ -23,22 +20,24 @@ from ldm.samplers import (SAMPLER_ALIASES, SAMPLERS, SamplerSpec, check_sampler_
 from ldm.util import get_obj_from_str
 
 logger = logging.getLogger(__name__)
-
-Step = Callable[..., tuple[torch.Tensor, torch.Tensor]]
-#: Adams-Bashforth weights of the current and the previous eps estimates, by the number of previous ones.
+#: Adams-Bashforth weights of the newest and the older eps estimates, by the number of older ones.
 ADAMS_BASHFORTH = {1: (3 / 2, -1 / 2), 2: (23 / 12, -16 / 12, 5 / 12), 3: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
-def draw_noise(x: torch.Tensor, i: int) -> torch.Tensor:
-    """Standard normal noise like ``x`` (from the global generator, so a seed fixes the samples)."""
-    return torch.randn_like(x)
+def scaled_noise(temperature: float = 1.0, noise_dropout: float = 0.0) -> Callable:
+    """``noise(x, i)``: standard normal noise like x from the global generator (so a seed fixes the samples), times
+    ``temperature``, with dropout of rate ``noise_dropout`` (the original samplers' options)."""
+    def noise(x: torch.Tensor, i: int) -> torch.Tensor:
+        z = torch.randn_like(x) * temperature
+        return torch.nn.functional.dropout(z, p=noise_dropout) if noise_dropout > 0.0 else z
+
+    return noise
 
 
-def sample(step: Step, model: Callable, x: torch.Tensor, sigmas: Sequence[float], noise: Callable = draw_noise,
+def sample(step: Callable, model: Callable, x: torch.Tensor, sigmas: Sequence[float], noise: Callable = scaled_noise(),
            callback: Callable | None = None, desc: str | None = None, **options: Any) -> torch.Tensor:
     """Run ``step`` from x at ``sigmas[0]`` down to ``sigmas[-1]``; ``callback(i, x, denoised)`` after each step."""
-    sigmas = [float(s) for s in sigmas]
-    state: list = []
+    sigmas, state = [float(s) for s in sigmas], []
     for i in tqdm(range(len(sigmas) - 1), desc=desc, disable=desc is None):
         x, denoised = step(model, x, sigmas, i, state, noise, **options)
         if callback is not None:
@@ -46,17 +45,25 @@ def sample(step: Step, model: Callable, x: torch.Tensor, sigmas: Sequence[float]
     return x
 
 
-def inpainting(step: Step, mask: torch.Tensor, x0: torch.Tensor) -> Step:
-    """``step`` with the region where ``mask`` is 1 reset to ``x0`` noised to the current level before each step.
-
-    The replacement method for imputation (Song et al., ICLR 2021, "Score-Based Generative Modeling
-    through Stochastic Differential Equations", appendix I.2), as the original samplers inpaint.
-    """
+def inpainting(step: Callable, mask: torch.Tensor, x0: torch.Tensor) -> Callable:
+    """``step`` with the region where ``mask`` is 1 reset to ``x0`` noised to the current level before each step:
+    the replacement method (Song et al., ICLR 2021, appendix I.2), as the original samplers inpaint."""
     def masked_step(model, x, sigmas, i, state, noise, **options):
         x = mask * (x0 + sigmas[i] * torch.randn_like(x0)) + (1.0 - mask) * x
         return step(model, x, sigmas, i, state, noise, **options)
 
     return masked_step
+
+
+def history(state: list, out: torch.Tensor, sigmas: Sequence[float], i: int, order: int,
+            lower_order_final: bool) -> tuple[list[float], list[torch.Tensor]]:
+    """Record step i's output in a multistep method's ``state``; return lambda = -log sigma and the output of
+    this step and of the previous ones the step extrapolates from (newest first): up to ``order`` in all, fewer
+    at the start and, with ``lower_order_final``, towards the end."""
+    p = min(order, i + 1, len(sigmas) - 1 - i if lower_order_final else order)
+    entries = [[-math.log(sigmas[i]), out, None], *reversed(state[len(state) - p + 1:] if p > 1 else [])]
+    state.append(entries[0])  # [lambda, output, what the method keeps for the next step]
+    return [e[0] for e in entries], [e[1] for e in entries]
 
 
 def ancestral(model, x, sigmas, i, state, noise, eta: float = 1.0):
@@ -83,30 +90,30 @@ def plms(model, x, sigmas, i, state, noise):
     return x + (s_next - s) * eps_prime, x - s * eps_prime
 
 
-def dpmpp(model, x, sigmas, i, state, noise, order: int = 2, lower_order_final: bool = False):
-    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) and its third-order multistep analogue (3M)."""
+def dpmpp(model, x, sigmas, i, state, noise, order: int = 2, lower_order_final: bool = False, predict: str = "x0"):
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) and 3M; ``predict="eps"``: multistep DPM-Solver (NeurIPS 2022)."""
     s, s_next = sigmas[i], sigmas[i + 1]
     denoised = model(x, s)
-    history = state[-(order - 1):] if order > 1 and not (lower_order_final and i == len(sigmas) - 2) else []
-    state.append((math.log(s), denoised))
+    lam, out = history(state, denoised if predict == "x0" else (x - denoised) / s, sigmas, i, order, lower_order_final)
     if s_next == 0:  # lambda = inf: the first-order step, x = denoised, is all there is
         return denoised, denoised
     h = math.log(s / s_next)
-    x_next = (s_next / s) * x - math.expm1(-h) * denoised
-    if len(history) == 1 and order == 2:  # Lu et al. 2022, Algorithm 2
-        r = (history[0][0] - math.log(s)) / h
-        x_next = x_next - math.expm1(-h) * (denoised - history[0][1]) / (2 * r)
-    elif history:  # Taylor terms h^2 / 2 D' and h^3 / 6 D'' from divided differences in lambda
-        lam = [-math.log(s)] + [-ls for ls, _ in reversed(history)]
-        ds = [denoised] + [d for _, d in reversed(history)]
-        d1 = (ds[0] - ds[1]) / (lam[0] - lam[1])
-        c2 = h + math.expm1(-h)  # integral of e^(tau - h) tau over [0, h]
-        if len(history) == 1:
-            x_next = x_next + c2 * d1
-        else:
-            d2 = (d1 - (ds[1] - ds[2]) / (lam[1] - lam[2])) / (lam[0] - lam[2])
-            x_next = x_next + c2 * (d1 + d2 * (lam[0] - lam[1])) + 2 * (h ** 2 / 2 - c2) * d2
-    return x_next, denoised
+    if predict == "x0" and order == 2 and len(out) == 2:  # Lu et al. 2022, Algorithm 2
+        x_next = (s_next / s) * x - math.expm1(-h) * denoised
+        return x_next - math.expm1(-h) * (denoised - out[1]) / (2 * (lam[0] - lam[1]) / h), denoised
+    # out(lambda) ~ out[0] + a1 tau + a2 tau^2 (tau = lambda - lam[0], from divided differences), integrated
+    # against e^(tau - h) (x0) or s_next e^(h - tau) (eps): phi_k(z) = e^z - sum_{j <= k} z^j / j!
+    z = -h if predict == "x0" else h
+    phi = (math.expm1(z), math.expm1(z) - z, math.expm1(z) - z - z * z / 2)
+    a1 = a2 = 0.0
+    if len(out) > 1:
+        a1 = (out[0] - out[1]) / (lam[0] - lam[1])
+    if len(out) > 2:
+        a2 = (a1 - (out[1] - out[2]) / (lam[1] - lam[2])) / (lam[0] - lam[2])
+        a1 = a1 + a2 * (lam[0] - lam[1])
+    if predict == "x0":
+        return (s_next / s) * x - phi[0] * denoised + phi[1] * a1 - 2 * phi[2] * a2, denoised
+    return x - s_next * (phi[0] * out[0] + phi[1] * a1 + 2 * phi[2] * a2), denoised
 
 
 def unipc(model, x, sigmas, i, state, noise, order: int = 3, lower_order_final: bool = False):
@@ -116,15 +123,12 @@ def unipc(model, x, sigmas, i, state, noise, order: int = 3, lower_order_final: 
     if state and state[-1][2] is not None:  # correct x_i with the evaluation at the predicted x_i
         b_h, corr_res, rho, d_prev, pred_res = state[-1][2]
         x = x - b_h * (corr_res + rho * (denoised - d_prev) - pred_res)
-    history = [(lam, d) for lam, d, _ in state[-(order - 1):]] if order > 1 else []
-    state.append([-math.log(s), denoised, None])  # lambda, D and the pending correction of the next x
+    lam, out = history(state, denoised, sigmas, i, order, lower_order_final)
     if s_next == 0:
         return denoised, denoised
-    p = min(order, i + 1, len(sigmas) - 1 - i) if lower_order_final else min(order, i + 1)
-    history = history[len(history) - (p - 1):] if p > 1 else []
-    h = math.log(s / s_next)
-    rks = [(lam - (-math.log(s))) / h for lam, _ in reversed(history)] + [1.0]
-    d1s = [(d - denoised) / rk for (_, d), rk in zip(reversed(history), rks)]
+    p, h = len(out), math.log(s / s_next)
+    rks = [(lam_k - lam[0]) / h for lam_k in lam[1:]] + [1.0]
+    d1s = [(d - denoised) / rk for d, rk in zip(out[1:], rks)]
     b_h = math.expm1(-h)
     h_phi, factorial, b = math.expm1(-h) / -h - 1, 1, []
     for k in range(1, p + 1):
@@ -137,10 +141,9 @@ def unipc(model, x, sigmas, i, state, noise, order: int = 3, lower_order_final: 
     rhos_c = [0.5] if p == 1 else torch.linalg.solve(R, b).tolist()
     pred_res = sum(r * d for r, d in zip(rhos_p, d1s)) if d1s else 0.0
     corr_res = sum(r * d for r, d in zip(rhos_c[:-1], d1s)) if d1s else 0.0
-    x_next = (s_next / s) * x - b_h * denoised - b_h * pred_res
     if i < len(sigmas) - 2:  # the last step goes uncorrected: correcting it would cost one more evaluation
         state[-1][2] = (b_h, corr_res, rhos_c[-1], denoised, pred_res)
-    return x_next, denoised
+    return (s_next / s) * x - b_h * denoised - b_h * pred_res, denoised
 
 
 def heun(model, x, sigmas, i, state, noise):
@@ -160,43 +163,10 @@ def make_sampler(name: str, model: torch.nn.Module) -> Any:
     return get_obj_from_str(SAMPLERS[key].adapter, where=f"sampler {key!r}")(model, name=key)
 
 
-def check_conditioning_batch(conditioning: Any, batch_size: int) -> None:
-    """Warn, as the original samplers do, when the conditioning batch differs from ``batch_size``."""
-    cbs = batch_size_of(conditioning)
-    if cbs is not None and cbs != batch_size:
-        logger.warning("got %d conditionings but batch-size is %d", cbs, batch_size)
-
-
-def guided_model_output(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Any,
-                        unconditional_conditioning: Any = None,
-                        unconditional_guidance_scale: float = 1.0) -> torch.Tensor:
-    """The model's output at VP inputs ``x`` and steps ``t`` with classifier-free guidance (see `Denoiser`)."""
-    return Denoiser(model, cond, unconditional_conditioning, unconditional_guidance_scale).model_output(x, t)
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device the model's parameters (or buffers) live on."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-def scaled_noise(temperature: float = 1.0, noise_dropout: float = 0.0) -> Callable:
-    """Noise times ``temperature``, with dropout of rate ``noise_dropout`` (the original samplers' options)."""
-    def noise(x: torch.Tensor, i: int) -> torch.Tensor:
-        z = torch.randn_like(x) * temperature
-        return torch.nn.functional.dropout(z, p=noise_dropout) if noise_dropout > 0.0 else z
-
-    return noise
-
-
 class Sampler:
     """A registered sampler behind the original samplers' interface: ``Sampler(model).sample(S, batch_size,
-    shape, conditioning, ...)`` returns ``(samples, {"x_inter": [...], "pred_x0": [...]})``.
-
-    Samples, ``x_T`` and the intermediates are in the model's (VP) scale; ``S`` steps follow the
-    sampler's default grid unless ``sigmas`` gives one.
-    """
+    shape, conditioning, ...)`` returns ``(samples, {"x_inter": [...], "pred_x0": [...]})``, in the model's
+    (VP) scale; ``S`` steps on the sampler's default grid unless ``sigmas`` gives one."""
 
     name = "ddim"  # the registry entry
 
@@ -204,13 +174,14 @@ class Sampler:
         self.model = model  # a DDPM / LatentDiffusion: apply_model, parameterization and the schedule buffers
         self.name = resolve_sampler_name(name or self.name)
         self.spec = SAMPLERS[self.name]
-        self.step = self.spec.step if callable(self.spec.step) else globals()[self.spec.step]  # the step function
+        self.step = self.spec.step if callable(self.spec.step) else globals()[self.spec.step]
+        self.spacing = self.spec.spacing  # the grid of noise levels (see DiscreteSchedule.grid)
 
     def sigmas(self, S: int | None) -> list[float]:
         """The noise levels of an ``S``-step run, from the first step's to the last."""
         if S is None:
             raise ValueError(f"sampler {self.name!r} needs the number of steps S; got None")
-        return DiscreteSchedule(self.model.alphas_cumprod).grid(int(S), self.spec.spacing).tolist()
+        return DiscreteSchedule(self.model.alphas_cumprod).grid(int(S), self.spacing).tolist()
 
     def options(self, eta: float, n: int) -> dict:
         """The step function's options for an ``n``-step run with ``eta``."""
@@ -221,16 +192,6 @@ class Sampler:
         return Denoiser(self.model, cond, uc, scale, denoised_fn=self.model.quantize_latent if quantize_x0 else None,
                         score_corrector=score_corrector, corrector_kwargs=corrector_kwargs)
 
-    def check(self, eta: float, normals_sequence: Any, temperature: float, noise_dropout: float) -> None:
-        """ValueError for an option this sampler cannot honour."""
-        check_sampler_options(self.name, eta)
-        unsupported = [("normals_sequence", normals_sequence, None)]
-        if not self.spec.takes_eta:
-            unsupported += [("temperature", temperature, 1.0), ("noise_dropout", noise_dropout, 0.0)]
-        for option, value, default in unsupported:
-            if value is not default and value != default:
-                raise ValueError(f"{type(self).__name__} does not support {option}={value!r}; leave it at {default!r}")
-
     @torch.no_grad()
     def sample(self, S: int | None, batch_size: int, shape: Sequence[int], conditioning: Any = None,
                callback: Callable | None = None, normals_sequence: Any = None, img_callback: Callable | None = None,
@@ -240,14 +201,17 @@ class Sampler:
                x_T: torch.Tensor | None = None, log_every_t: int = 100, unconditional_guidance_scale: float = 1.0,
                unconditional_conditioning: Any = None, sigmas: Sequence[float] | None = None, **kwargs: Any):
         """``batch_size`` samples of ``shape`` (C, H, W) in ``S`` steps; returns (samples, intermediates).
-
-        ``unconditional_conditioning`` has the form of ``conditioning`` (e.g. the encoded empty caption);
-        further keyword arguments are accepted and ignored, as by the original samplers.
-        """
-        self.check(eta, normals_sequence, temperature, noise_dropout)
-        check_conditioning_batch(conditioning, batch_size)
+        Further keyword arguments are accepted and ignored, as by the original samplers."""
+        check_sampler_options(self.name, eta)
+        unsupported = [("normals_sequence", normals_sequence, None), ("temperature", temperature, 1.0),
+                       ("noise_dropout", noise_dropout, 0.0)][:1 if self.spec.takes_eta else 3]
+        for option, value, default in unsupported:
+            if value is not default and value != default:
+                raise ValueError(f"{type(self).__name__} does not support {option}={value!r}; leave it at {default!r}")
+        if batch_size_of(conditioning) not in (None, batch_size):
+            logger.warning("got %d conditionings but batch-size is %d", batch_size_of(conditioning), batch_size)
         sigmas = self.sigmas(S) if sigmas is None else [float(s) for s in sigmas]
-        device = model_device(self.model)
+        device = self.model.alphas_cumprod.device
         x = torch.randn((batch_size, *shape), device=device) if x_T is None else x_T.to(device)
         denoiser = self.denoiser(conditioning, unconditional_conditioning, unconditional_guidance_scale, quantize_x0,
                                  score_corrector, corrector_kwargs)
@@ -274,14 +238,12 @@ class Sampler:
         return self.run(denoiser, x, sigmas, eta=eta, verbose=verbose)[0]
 
     def run(self, denoiser: Callable, x: torch.Tensor, sigmas: Sequence[float], eta: float = 0.0,
-            mask: torch.Tensor | None = None, x0: torch.Tensor | None = None, noise: Callable = draw_noise,
+            mask: torch.Tensor | None = None, x0: torch.Tensor | None = None, noise: Callable = scaled_noise(),
             hook: Callable | None = None, log_every_t: int = 100,
             verbose: bool = True) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        """Sample from the VP ``x`` at ``sigmas[0]`` down to ``sigmas[-1]``; returns (VP samples, intermediates).
-
-        ``hook(i, x, denoised)`` sees each step's VP result; the intermediates hold x and the x0
-        prediction at every ``log_every_t``-th step from the end, and after the first step.
-        """
+        """Sample from the VP ``x`` at ``sigmas[0]`` down to ``sigmas[-1]``; returns (VP samples, intermediates):
+        x and the x0 prediction at every ``log_every_t``-th step from the end, and after the first step.
+        ``hook(i, x, denoised)`` sees each step's VP result."""
         if mask is not None and x0 is None:
             raise ValueError("mask given without x0: masked sampling needs the known latent x0")
         step = self.step if mask is None else inpainting(self.step, mask, x0)
