@@ -1,6 +1,6 @@
 """Speed and memory of the zoo U-Nets against the original implementation: ``make bench``.
 
-    python benchmarks/run_all.py                                  # the default subset (about 10 minutes, 2 cores)
+    python benchmarks/run_all.py                                  # the default subset (about 25 minutes, 2 cores)
     python benchmarks/run_all.py --rows forward:celebahq-ldm-vq-4:bf16
     python benchmarks/run_all.py --configs txt2img-1p4B-eval --modes startup
     python benchmarks/run_all.py --all                            # every row (long: full-size checkpoints)
@@ -78,6 +78,8 @@ DEFAULT_ROWS = (
     "sample:txt2img-1p4B-eval:fp32", "sample:txt2img-1p4B-eval:bf16",
     "train:celebahq-ldm-vq-4:fp32", "train:celebahq-ldm-vq-4:bf16",
     "highres:txt2img-1p4B-eval:fp32",
+    "forward:celebahq-ldm-vq-4:fp32+compile", "forward:celebahq-ldm-vq-4:bf16+compile",
+    "forward:txt2img-1p4B-eval:fp32+compile", "forward:txt2img-1p4B-eval:bf16+compile",
 )
 HIGHRES = (384, 1024)
 GUIDANCE_SCALE = 5.0
