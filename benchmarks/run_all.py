@@ -1,6 +1,6 @@
 """Speed and memory of the zoo U-Nets against the original implementation: ``make bench``.
 
-    python benchmarks/run_all.py                                  # the default subset (about 10 minutes, 2 cores)
+    python benchmarks/run_all.py                                  # the default subset (about 25 minutes, 2 cores)
     python benchmarks/run_all.py --rows forward:celebahq-ldm-vq-4:bf16
     python benchmarks/run_all.py --configs txt2img-1p4B-eval --modes startup
     python benchmarks/run_all.py --all                            # every row (long: full-size checkpoints)
@@ -28,7 +28,20 @@ process, so a time is also given in its units, and the speed-up over the origina
 ``original units / our units`` (against the original's median, and its best in brackets). Peak memory is
 the process's resident set size sampled every 2 ms (``torch.cuda.max_memory_allocated`` on CUDA); for
 ``highres`` it is split as in the original's figures into the loaded model and what the forward adds.
-``max diff`` is the largest absolute difference from the float32 output of the same row.
+``max diff`` is the largest absolute difference from the float32 output of the same row. The timed calls of a
+bf16 inference row run inside one ``torch.autocast`` region, as the sampling scripts run a whole sampling loop,
+so each weight is cast to bf16 once (autocast's cast cache) and not on every call; a training row enters
+autocast on every step, as training does.
+
+``floor`` bounds what any implementation can reach with the row's arithmetic: its floating-point operations
+(counted by ``torch.utils.flop_counter`` on a meta-device copy of the model: convolutions, matrix products
+and attention, forward and backward) divided by the rate of the calibration's own convolution, which runs
+at about the machine's peak. The rate is 96.6 GFLOP per unit at fp32; for bf16 it is measured in the row's
+process as the same convolutions under autocast. ``ceiling`` is the original's median over that floor: the
+largest speed-up a row can show without doing less arithmetic (for example with Winograd convolutions).
+
+A precision may carry ``+compile``: the U-Net then runs through ``torch.compile`` (Inductor, with frozen
+weights for inference; ``ldm.compile``), timed after its compilation, which the row reports on its own.
 """
 from __future__ import annotations
 
@@ -55,6 +68,8 @@ CONFIGS = {
 }
 MODES = ("forward", "sample", "train", "highres", "startup")
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: Floating-point operations of one unit: ten 3x3 convolutions, batch 2, 256 -> 256 channels, 64x64.
+UNIT_GFLOP = 10 * 2 * 2 * 256 * 256 * 9 * 64 * 64 / 1e9
 #: Rows of ``make bench``: the two U-Nets of the acceptance figures and one of each other kind.
 DEFAULT_ROWS = (
     "forward:celebahq-ldm-vq-4:fp32", "forward:celebahq-ldm-vq-4:bf16",
@@ -63,6 +78,8 @@ DEFAULT_ROWS = (
     "sample:txt2img-1p4B-eval:fp32", "sample:txt2img-1p4B-eval:bf16",
     "train:celebahq-ldm-vq-4:fp32", "train:celebahq-ldm-vq-4:bf16",
     "highres:txt2img-1p4B-eval:fp32",
+    "forward:celebahq-ldm-vq-4:fp32+compile", "forward:celebahq-ldm-vq-4:bf16+compile",
+    "forward:txt2img-1p4B-eval:fp32+compile", "forward:txt2img-1p4B-eval:bf16+compile",
 )
 HIGHRES = (384, 1024)
 GUIDANCE_SCALE = 5.0
@@ -131,6 +148,44 @@ def timed(fn, reps: int) -> float:
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def bf16_speedup(threads: int) -> float:
+    """How many times faster the calibration's convolutions run under bf16 autocast than at fp32, here."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(2, 256, 64, 64, generator=g), torch.randn(256, 256, 3, 3, generator=g) * 0.02
+    seconds = {}
+    with torch.no_grad():
+        for precision in ("fp32", "bf16", "fp32", "bf16"):  # interleaved: the later pair counts
+            with autocast(precision, torch.device("cpu")):
+                seconds[precision] = timed(lambda: [F.conv2d(x, w, padding=1) for _ in range(10)], 5)
+    return seconds["fp32"] / seconds["bf16"]
+
+
+def unet_gflop(unet_config, mode: str, batch: int, hw: tuple[int, int] | None) -> float:
+    """GFLOP of one call of a forward, highres or train row, counted on a meta-device copy of the U-Net."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ldm.util import instantiate_from_config
+
+    meta = torch.device("meta")
+    with meta:
+        model = instantiate_from_config(unet_config)
+    model.train(mode == "train")
+    x, t, kwargs = unet_inputs(unet_config.params, batch, meta, hw)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        if mode == "train":  # with the config's gradient checkpointing, the recomputed forward counts too
+            model(x, t, **kwargs).square().mean().backward()
+        else:
+            with torch.no_grad():
+                model(x, t, **kwargs)
+    return counter.get_total_flops() / 1e9
 
 
 # --------------------------------------------------------------------------------------------------
@@ -203,6 +258,8 @@ def run_row(mode: str, config_name: str, precision: str, args) -> dict:
     batch = args.batch
     row = {"row": f"{mode}:{config_name}:{precision}", "batch": batch, "threads": args.threads,
            "device": args.device, "loadavg": os.getloadavg()[0]}
+    precision, _, variant = precision.partition("+")
+    compiled = variant == "compile"
     if mode == "startup":
         row.update(startup(config_name, config, args))
         return row
@@ -236,16 +293,24 @@ def run_row(mode: str, config_name: str, precision: str, args) -> dict:
 
     fn = make(precision)
     row["model_rss_mb"] = round(rss_mb())
+    ref = make("fp32")() if precision != "fp32" or compiled else None  # the eager float32 output
+    if compiled:
+        from ldm.compile import compile_unet
+
+        if not compile_unet(model):
+            raise RuntimeError("torch.compile is unavailable here (see the warning above)")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
     with PeakRSS() as peak:
         out = fn()  # the first call: its memory is what the original's forward_extra_mb counts
+    if compiled:  # the first call compiled the U-Net; its peak memory includes the compiler's
+        row["compile_s"] = time.perf_counter() - t0
     row["peak_rss_mb"] = round(peak.peak)
     row["extra_mb"] = round(peak.peak - row["model_rss_mb"])
     if device.type == "cuda":
         row["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
-    if precision != "fp32":
-        ref = make("fp32")()
+    if ref is not None:
         row["max_diff"] = (out.float() - ref.float()).abs().max().item()
         row["ref_max"] = ref.float().abs().max().item()
 
@@ -253,7 +318,10 @@ def run_row(mode: str, config_name: str, precision: str, args) -> dict:
     rounds, reps = (1, 1) if mode == "highres" else (args.rounds, args.reps)  # a memory row; one call takes long
     for _ in range(rounds):
         calib = calibration_s(args.threads) if calibration_s is not None and device.type == "cpu" else None
-        s = timed(fn, reps)
+        # inference rows run their calls inside one autocast region, as the sampling scripts run a whole sampling
+        # loop: autocast then casts each weight to bf16 once (its cast cache) and not on every call
+        with autocast(precision, device) if mode != "train" else contextlib.nullcontext():
+            s = timed(fn, reps)
         seconds.append(s)
         if calib is not None:
             units.append(s / calib)
@@ -266,6 +334,12 @@ def run_row(mode: str, config_name: str, precision: str, args) -> dict:
             row["speedup_vs_best"] = original["units_best"] / row["units"]
             if "forward_extra_mb" in original:
                 row["original_peak_mb"] = original["model_rss_mb"] + original["forward_extra_mb"]
+        if mode != "sample":
+            row["gflop"] = unet_gflop(config.model.params.unet_config, mode, batch, hw)
+            rate = UNIT_GFLOP * (bf16_speedup(args.threads) if precision == "bf16" else 1.0)
+            row["floor_units"] = row["gflop"] / rate
+            if original is not None:
+                row["ceiling_vs_median"] = original["units_median"] / row["floor_units"]
     return row
 
 
@@ -393,12 +467,17 @@ def fmt(row: dict) -> str:
     peak = f("peak_rss_mb", "d")
     if "original_peak_mb" in row:
         peak += f" ({row['peak_rss_mb'] / row['original_peak_mb']:.2f} of {row['original_peak_mb']})"
-    return (f"| {row['row']} | {row['batch']} | {f('seconds', '.3f')} | {f('units', '.2f')} | {speed} | {peak} | "
-            f"{f('extra_mb', 'd')} | {f('max_diff', '.2e')} |")
+    floor = f"{row['floor_units']:.2f}" if "floor_units" in row else "-"
+    if "ceiling_vs_median" in row:
+        floor += f" ({row['ceiling_vs_median']:.2f}x)"
+    seconds = f('seconds', '.3f') + (f" (+{row['compile_s']:.0f} to compile)" if "compile_s" in row else "")
+    return (f"| {row['row']} | {row['batch']} | {seconds} | {f('units', '.2f')} | {speed} | {f('gflop', '.0f')} | "
+            f"{floor} | {peak} | {f('extra_mb', 'd')} | {f('max_diff', '.2e')} |")
 
 
-HEADER = ("| row | batch | seconds | units | speed-up over the original: median (best) | peak RSS MiB | "
-          "forward adds MiB | max diff from fp32 |\n|---|---|---|---|---|---|---|---|")
+HEADER = ("| row | batch | seconds | units | speed-up over the original: median (best) | GFLOP | "
+          "floor units (ceiling) | peak RSS MiB | forward adds MiB | max diff from fp32 |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
 
 
 def select_rows(args) -> list[str]:
@@ -414,9 +493,12 @@ def select_rows(args) -> list[str]:
         rows = list(DEFAULT_ROWS)
     for row in rows:
         parts = row.split(":")
-        if len(parts) != 3 or parts[0] not in MODES or parts[1] not in CONFIGS or parts[2] not in PRECISIONS:
+        precision, plus, variant = parts[-1].partition("+") if len(parts) == 3 else ("", "", "")
+        if (len(parts) != 3 or parts[0] not in MODES or parts[1] not in CONFIGS or precision not in PRECISIONS
+                or (plus and (variant != "compile" or parts[0] in ("startup", "highres")))):
             raise SystemExit(f"error: row {row!r} must be mode:config:precision with mode in {', '.join(MODES)}, "
-                             f"config in {', '.join(CONFIGS)}, precision in {', '.join(PRECISIONS)}")
+                             f"config in {', '.join(CONFIGS)}, precision in {', '.join(PRECISIONS)}, optionally "
+                             "followed by +compile (not for startup and highres rows)")
     return rows
 
 

@@ -2,6 +2,7 @@
 
     python scripts/demo.py                       # what `make demo` runs
     python scripts/demo.py --ae_steps 200 --ldm_steps 500 --outdir outputs/quick
+    python scripts/demo.py --ldm_run outputs/demo/logs/<timestamp>_demo_ldm --scale 2   # only sample again
 
 Nothing is downloaded: the dataset (ldm/data/synthetic.py) is drawn by the code. The three stages are
 ordinary `main.py` runs with the configs in configs/demo/, followed by DDIM sampling with
@@ -20,6 +21,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ldm.evaluation.settings import DEMO_GUIDANCE  # noqa: E402
 from ldm.threads import apply_threads, choose_threads, parse_threads  # noqa: E402
 
 progress = logging.getLogger("demo")
@@ -34,8 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ldm_steps", type=int, default=2500, help="LDM optimizer steps")
     p.add_argument("--n_per_class", type=int, default=8, help="samples per class in the grid")
     p.add_argument("--ddim_steps", type=int, default=50, help="DDIM steps for sampling")
-    p.add_argument("--scale", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--scale", type=float, default=DEMO_GUIDANCE, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0, help="seed for training and sampling")
+    p.add_argument("--ldm_run", default=None,
+                   help="an earlier demo LDM run folder: skip training and only draw the sample grid from it")
     p.add_argument("--accelerator", default="cpu", help="Lightning accelerator for training (cpu, gpu, auto)")
     p.add_argument("--threads", default=None, metavar="N",
                    help="CPU threads (default: the cores not busy with other work, or OMP_NUM_THREADS)")
@@ -80,14 +84,21 @@ def main(argv: list[str] | None = None) -> Path:
     logroot = outdir / "logs"
     started = time.time()
 
-    print(f"[1/3] training the autoencoder ({opt.ae_steps} steps) on generated shapes", flush=True)
-    ae_dir = train(AE_CONFIG, "demo_autoencoder", logroot, opt.ae_steps, opt.seed, opt.accelerator,
-                   opt.threads)
-    ae_ckpt = ae_dir / "checkpoints" / "last.ckpt"
+    if opt.ldm_run is not None:
+        ldm_dir = Path(opt.ldm_run)
+        if not (ldm_dir / "checkpoints" / "last.ckpt").is_file():
+            raise SystemExit(f"demo.py: error: --ldm_run {ldm_dir}: no checkpoints/last.ckpt there (expected a run "
+                             f"folder of the demo LDM, outputs/demo/logs/<timestamp>_demo_ldm)")
+        ae_dir = None
+    else:
+        print(f"[1/3] training the autoencoder ({opt.ae_steps} steps) on generated shapes", flush=True)
+        ae_dir = train(AE_CONFIG, "demo_autoencoder", logroot, opt.ae_steps, opt.seed, opt.accelerator,
+                       opt.threads)
+        ae_ckpt = ae_dir / "checkpoints" / "last.ckpt"
 
-    print(f"[2/3] training the class-conditional LDM ({opt.ldm_steps} steps) in its latent space", flush=True)
-    ldm_dir = train(LDM_CONFIG, "demo_ldm", logroot, opt.ldm_steps, opt.seed, opt.accelerator, opt.threads,
-                    f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}")
+        print(f"[2/3] training the class-conditional LDM ({opt.ldm_steps} steps) in its latent space", flush=True)
+        ldm_dir = train(LDM_CONFIG, "demo_ldm", logroot, opt.ldm_steps, opt.seed, opt.accelerator, opt.threads,
+                        f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}")
 
     print(f"[3/3] sampling {opt.n_per_class} images per class (DDIM {opt.ddim_steps} steps, guidance {opt.scale})",
           flush=True)
@@ -116,8 +127,8 @@ def main(argv: list[str] | None = None) -> Path:
     names = ", ".join(classes)
     print(f"\nDone in {minutes:.1f} min.\n"
           f"  sample grid:        {grid_path}  (one row per class: {names})\n"
-          f"  autoencoder run:    {ae_dir}\n"
-          f"  LDM run:            {ldm_dir}\n"
+          + (f"  autoencoder run:    {ae_dir}\n" if ae_dir is not None else "")
+          + f"  LDM run:            {ldm_dir}\n"
           f"  training image logs: {ldm_dir / 'images'}", flush=True)
     return grid_path
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm.evaluation.settings import DEMO_OUTDIR, default_cache_dir  # noqa: E402
+from ldm.evaluation.settings import DEMO_GUIDANCE, DEMO_OUTDIR, default_cache_dir  # noqa: E402
 from ldm.samplers import SAMPLERS, check_sampler_options, resolve_sampler_name  # noqa: E402
 from ldm.scripting.cli import check_positive, run_script  # noqa: E402
 
@@ -28,7 +28,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", default=None, help="demo LDM checkpoint (default: newest under outputs/demo/logs)")
     p.add_argument("--sampler", default="ddim", help=f"sampler: {', '.join(SAMPLERS)}")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (ddpm always runs all training steps)")
-    p.add_argument("--scale", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--scale", type=float, default=DEMO_GUIDANCE,
+                   help=f"classifier-free guidance scale (default: {DEMO_GUIDANCE:g}, that of the demo's samples)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     p.add_argument("--n_per_class", type=int, default=64, help="samples per class")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")

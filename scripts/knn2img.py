@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     clip_text_encoder = FrozenCLIPTextEmbedder(opt.clip_type, n_repeat=opt.n_repeat).to(device)
     clip_text_encoder.load()
-    model, _ = loading.load_model(config, files.ckpt, device)
+    model, _ = loading.load_model(config, files.ckpt, device, compile_unet=opt.compile)
     sampler = make_sampler(sampler_name, model)
     os.makedirs(opt.outdir, exist_ok=True)
     sample_path, base_count, grid_count = outputs.prepare_outdir(opt.outdir)

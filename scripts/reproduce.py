@@ -15,12 +15,14 @@ Published figures come from 50,000 samples; a smaller --num_samples gives a quic
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm.evaluation.settings import REGISTRY, default_cache_dir, parse_metrics  # noqa: E402
+from ldm.evaluation.settings import (DEFAULT_METRICS, METRIC_NAMES, REGISTRY, default_cache_dir,  # noqa: E402
+                                     parse_metrics)
 from ldm.scripting.cli import check_positive, run_script  # noqa: E402
 
 
@@ -37,7 +39,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", default=None, help="override the row's checkpoint")
     p.add_argument("--prompts", default=None, help="text rows: captions to sample from, one per line")
     p.add_argument("--inception_weights", default=None, help="weights-inception-2015-12-05-6726825d.pth")
-    p.add_argument("--metrics", default="fid,isc,kid,prc", help="comma-separated subset of fid,isc,kid,prc")
+    p.add_argument("--metrics", default=DEFAULT_METRICS,
+                   help=f"comma-separated subset of {','.join(METRIC_NAMES)} (clip_score: text rows only)")
+    p.add_argument("--dinov2_weights", default=None, help="DINOv2 folder for fd_dinov2 (see scripts/evaluate.py)")
+    p.add_argument("--clip_model", default="openai/clip-vit-large-patch14", help="CLIP for clip_score")
     p.add_argument("--kid_subset_size", type=int, default=1000, help="images per KID subset")
     p.add_argument("--registry", default=str(REGISTRY), help="the model-zoo registry")
     p.add_argument("--cache_dir", default=None, help="reference-feature cache")
@@ -48,8 +53,9 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict | None:
     opt = get_parser().parse_args(argv)
+    logging.getLogger("ldm.evaluation.zoo").setLevel(logging.INFO)  # says how many batches a resumed run keeps
     from ldm.evaluation import zoo
-    from ldm.evaluation.evaluate import Settings, evaluate, format_table, plan, write_json
+    from ldm.evaluation.evaluate import Settings, evaluate, format_table, inception_layers, plan, write_json
     from ldm.evaluation.inception import InceptionFeatures
     from ldm.evaluation.inputs import check_pair, open_image_set
     from ldm.scripting.inputs import first_stage_factor, load_config, read_prompts, require_file
@@ -78,11 +84,28 @@ def main(argv: list[str] | None = None) -> dict | None:
     if reference.size != (side, side):
         raise ValueError(f"{reference.describe()}: the row's model draws {side}x{side} images; the reference must "
                          f"have that size")
-    settings = Settings(metrics=parse_metrics(opt.metrics), kid_subset_size=opt.kid_subset_size)
-    plan(settings, opt.num_samples, len(reference))  # says what is undefined before hours of sampling
-    settings.warnings.clear()  # evaluate() plans again and records them
+    metrics = parse_metrics(opt.metrics)
+    settings = Settings(metrics=metrics, kid_subset_size=opt.kid_subset_size)
+    if "clip_score" in metrics:
+        if row["kind"] != "text":
+            raise ValueError(f"--metrics clip_score scores samples against their captions; row {row['name']} is not "
+                             f"text-conditional")
+        settings.captions = zoo.sample_captions(prompts, opt.num_samples)
     device = choose_device(opt.device)
-    extractor = InceptionFeatures(opt.inception_weights, device=device)
+    dinov2 = clip = None
+    if "fd_dinov2" in metrics:
+        from ldm.evaluation.dinov2 import DinoV2Features
+
+        dinov2 = DinoV2Features(opt.dinov2_weights, device=device)
+        settings.dinov2_dim = dinov2.dim
+    if "clip_score" in metrics:
+        from ldm.evaluation.clip_score import ClipScorer
+
+        clip = ClipScorer(opt.clip_model, device=device)
+    plan(settings, opt.num_samples, len(reference), reference=reference)  # what is undefined, before hours of sampling
+    settings.warnings.clear()  # evaluate() plans again and records them
+    layers = inception_layers(metrics)
+    extractor = InceptionFeatures(opt.inception_weights, device=device, layers=layers) if layers else None
     outdir = zoo.open_run(opt.outdir or Path("outputs") / "reproduce" / row["name"],
                           zoo.run_settings(row, config_path, ckpt, opt.num_samples, opt.batch_size, opt.seed, prompts))
 
@@ -91,10 +114,12 @@ def main(argv: list[str] | None = None) -> dict | None:
                            progress=not opt.no_progress)
     del model
     samples = open_image_set(zoo.gather_samples(paths, outdir / "samples.npz"), "samples")
+    if row["kind"] == "text":  # the caption of every sample, in order, as scripts/evaluate.py --prompts reads them
+        zoo.write_captions(zoo.sample_captions(prompts, opt.num_samples), outdir / "samples.prompts.txt")
     check_pair(samples, reference)
     result = evaluate(samples, reference, extractor, settings,
                       cache_dir=default_cache_dir() if opt.cache_dir is None else Path(opt.cache_dir),
-                      progress=not opt.no_progress)
+                      progress=not opt.no_progress, dinov2=dinov2, clip=clip)
     published = zoo.published_figures(row)
     result.update({"row": row["name"], "published": published})
     print(f"{row['name']}: {row['dataset']}, {row['task']}, {row['model']} "

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     from ldm.models.diffusion.sampling import make_sampler
     from ldm.scripting import loading, outputs, samplers
 
-    model, _ = loading.load_model(config, files.ckpt, device)
+    model, _ = loading.load_model(config, files.ckpt, device, compile_unet=opt.compile)
     sampler = make_sampler(sampler_name, model)
     sample_path, base_count, grid_count = outputs.prepare_outdir(opt.outdir)
     summary = outputs.OutputSummary()

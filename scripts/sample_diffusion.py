@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
     outputs.check_outdir(os.path.join(logdir, "samples"), flag="-l/--logdir")
     ckpt = files.ckpt
-    model, meta = loading.load_model(config, ckpt, device)
+    model, meta = loading.load_model(config, ckpt, device, compile_unet=opt.compile)
     global_step = meta.get("global_step")
     if global_step is None:
         logger.warning("checkpoint %s stores no global_step; writing under step 0", ckpt)

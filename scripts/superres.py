@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     from ldm.models.diffusion.sampling import make_sampler
     from ldm.scripting import loading, outputs, samplers
 
-    model, _ = loading.load_model(config, files.ckpt, device)
+    model, _ = loading.load_model(config, files.ckpt, device, compile_unet=opt.compile)
     sampler = make_sampler(sampler_name, model)
     os.makedirs(opt.outdir, exist_ok=True)
     summary = outputs.OutputSummary()

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from ldm.data.synthetic import CLASSES
 from ldm.evaluation import shapes
 from ldm.evaluation.demo import count_model_calls, sample_classes, score_samples
-from ldm.evaluation.study import plot_study, run_study, study_points
+from ldm.evaluation.study import plot_guidance, plot_study, run_study, study_points
 from ldm.models.diffusion.sampling import SAMPLERS
 from ldm.util import instantiate_from_config
 
@@ -34,9 +34,11 @@ def tiny_cin():
 
 def test_study_points_cover_the_registry():
     points = study_points(None, (5, 10), ddpm_steps=1000)
-    assert {name for name, _ in points} == set(SAMPLERS)
-    assert ("ddpm", 1000) in points and ("ddpm", 5) not in points
-    assert ("ddim", 5) in points and ("ddim", 10) in points
+    assert {name for name, _, _ in points} == set(SAMPLERS)
+    assert ("ddpm", 1000, 1.0) in points and ("ddpm", 5, 1.0) not in points
+    assert ("ddim", 5, 1.0) in points and ("ddim", 10, 1.0) in points
+    sweep = study_points(["ddim", "ddpm"], (5,), ddpm_steps=1000, scales=(1.0, 4.0))
+    assert sweep == [("ddim", 5, 1.0), ("ddim", 5, 4.0), ("ddpm", 1000, 1.0), ("ddpm", 1000, 4.0)]
     with pytest.raises(ValueError, match="unknown samplers"):
         study_points(["ddim", "euler_magic"], (5,), 1000)
 
@@ -59,24 +61,34 @@ def test_sample_classes_counts_calls_and_repeats_by_seed(tiny_cin):
 def test_run_study_resumes_and_plots(tmp_path):
     scored = []
 
-    def score(name, steps):
-        scored.append((name, steps))
+    def score(name, steps, scale):
+        scored.append((name, steps, scale))
         if name == "plms" and steps == 1:
             raise ValueError("too few steps")
-        return {"fd": 10.0 / steps, "accuracy": 1 - 1 / (steps + 1), "model_evaluations": steps}
+        return {"fd": 10.0 / steps + scale, "accuracy": 1 - 1 / (steps + scale), "model_evaluations": steps}
 
-    points = [("ddim", 1), ("ddim", 4), ("plms", 1), ("plms", 4)]
+    points = [("ddim", 1, 3.0), ("ddim", 4, 3.0), ("plms", 1, 3.0), ("plms", 4, 3.0)]
     out = tmp_path / "study.json"
-    settings = {"scale": 3.0}
+    settings = {"seed": 0}
     run_study(score, points[:2], out, settings)
     study = run_study(score, points, out, settings)
     assert scored == points  # the first two were not scored again
     assert [r.get("error") for r in study["results"]] == [None, None, "too few steps", None]
+    assert study["results"][1] == {"sampler": "ddim", "steps": 4, "scale": 3.0, "fd": 5.5, "accuracy": 1 - 1 / 7,
+                                   "model_evaluations": 4}
     assert json.loads(out.read_text()) == study
     png = plot_study(study, tmp_path / "study.png", title="test")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    run_study(score, points, out, {"scale": 1.0})  # other settings: starts afresh
-    assert len(scored) == 8
+    # more guidance scales for the same settings: only the new points are scored
+    sweep = [("ddim", 4, s) for s in (1.0, 3.0, 6.0)]
+    study = run_study(score, sweep, out, settings)
+    assert scored[4:] == [("ddim", 4, 1.0), ("ddim", 4, 6.0)]
+    assert sorted(r["scale"] for r in study["results"] if r["sampler"] == "ddim" and r["steps"] == 4) == [1.0, 3.0, 6.0]
+    png = plot_guidance(study, tmp_path / "guidance.png", floor=0.5, title="test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_study(study, tmp_path / "both.png").is_file()  # a line per sampler and scale
+    run_study(score, points, out, {"seed": 1})  # other settings: starts afresh
+    assert len(scored) == 10
 
 
 def test_predict_maps_colour_and_shape_to_classes():
@@ -98,3 +110,27 @@ def test_predict_maps_colour_and_shape_to_classes():
     assert result["fd"] == pytest.approx(0.0, abs=1e-6) and 0.0 <= result["accuracy"] <= 1.0
     with pytest.raises(ValueError, match="Frechet distance is not defined for 12 samples"):
         score_samples(wide, images, labels, images)
+
+
+def test_demo_draws_its_grid_again_from_an_earlier_run(tmp_path):
+    """scripts/demo.py --ldm_run skips training and samples the run's checkpoint (here: untrained weights)."""
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("demo_script", REPO / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    with pytest.raises(SystemExit, match="--ldm_run .*nowhere: no checkpoints/last.ckpt"):
+        demo.main(["--ldm_run", str(tmp_path / "nowhere"), "--outdir", str(tmp_path / "out")])
+    config = OmegaConf.load(demo.LDM_CONFIG)
+    config.model.params.first_stage_config.params.ckpt_path = None
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": instantiate_from_config(config.model).state_dict()}, run / "checkpoints" / "last.ckpt")
+    grid = demo.main(["--ldm_run", str(run), "--outdir", str(tmp_path / "out"), "--n_per_class", "2",
+                      "--ddim_steps", "2", "--threads", "1"])
+    assert grid == tmp_path / "out" / "samples.png" and not (tmp_path / "out" / "logs").exists()  # nothing trained
+    width, height = Image.open(grid).size
+    assert height > 2.5 * width  # six class rows of two samples

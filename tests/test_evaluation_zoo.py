@@ -1,9 +1,16 @@
 """The model-zoo registry and scripts/reproduce.py: every row of both tables is registered; a row of a small
 checkpoint made here is sampled and evaluated end to end, with the published figure printed beside the
-measured one; a run killed midway resumes without sampling its finished batches again."""
+measured one; a run killed midway (interrupted in-process, and, marked slow, SIGKILLed as a separate process)
+resumes without sampling its finished batches again."""
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +170,69 @@ def test_reproduce_checks_the_reference_size_before_sampling(tiny_row, tmp_path,
     monkeypatch.setattr(zoo, "sample_row", lambda *a, **k: pytest.fail("sampled before the error"))
     with pytest.raises(ValueError, match=r"draws 16x16 images; the reference must have that size"):
         reproduce(registry, weights, larger, tmp_path / "run")
+
+
+@pytest.mark.slow  # two launches of the script: about 20 s of CPU time, 40 s of wall time on a busy 2-core machine
+def test_reproduce_killed_by_sigkill_resumes_without_resampling(tiny_row, tmp_path):
+    """scripts/reproduce.py in its own process, SIGKILLed once its first batch file exists, then run again:
+    the finished batches keep their files (same inode and modification time) and only the rest is sampled."""
+    registry, weights, reference = tiny_row
+    # the tiny row with 1000 training steps and 100 DDIM steps, so a batch takes a noticeable time to sample
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    config = OmegaConf.load(zoo.load_registry(registry)["ldm"][0]["config"])
+    config.model.params.timesteps = 1000
+    OmegaConf.save(config, slow / "config.yaml")
+    torch.manual_seed(0)
+    torch.save({"state_dict": instantiate_from_config(config.model).state_dict()}, slow / "model.ckpt")
+    table = zoo.load_registry(registry)
+    table["ldm"][0].update(config=str(slow / "config.yaml"), checkpoint=str(slow / "model.ckpt"),
+                           sampler={"name": "ddim", "steps": 100, "eta": 0.0})
+    OmegaConf.save(OmegaConf.create(table), slow / "registry.yaml")
+    outdir, num_batches = tmp_path / "run", 4
+    cmd = [sys.executable, str(REPO / "scripts" / "reproduce.py"), "tiny", "--registry", str(slow / "registry.yaml"),
+           "--reference", str(reference), "--inception_weights", str(weights), "--num_samples", str(2 * num_batches),
+           "--batch_size", "2", "--outdir", str(outdir), "--metrics", "kid", "--device", "cpu", "--no_progress",
+           "--cache_dir", str(tmp_path / "cache")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    samples = outdir / "samples"
+
+    def batches() -> list[Path]:
+        return sorted(samples.glob("batch_*.npz")) if samples.is_dir() else []
+
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not batches() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert batches(), f"no batch was written (exit status {proc.poll()}): {proc.communicate()[1].decode()[-2000:]}"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in batches()}
+    assert 1 <= len(finished) < num_batches, f"killed too late: {sorted(finished)}"
+    assert not (outdir / "results.json").exists() and not (outdir / "samples.npz").exists()
+
+    rerun = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"resuming: {len(finished)} of {num_batches} batches already sampled" in rerun.stderr
+    assert [p.name for p in batches()] == [f"batch_{b:06d}.npz" for b in range(num_batches)]
+    for name, stat in finished.items():  # not sampled again: the very same files
+        assert ((samples / name).stat().st_ino, (samples / name).stat().st_mtime_ns) == stat, name
+    with np.load(outdir / "samples.npz") as data:
+        assert data["arr_0"].shape == (2 * num_batches, 16, 16, 3)
+    assert json.loads((outdir / "results.json").read_text())["num_samples"] == 2 * num_batches
+    assert "KID" in rerun.stdout and "5.11" in rerun.stdout  # the published FID beside the measured figures
+
+
+def test_reproduce_clip_score_needs_a_text_row_and_writes_the_captions_of_text_rows(tiny_row, tmp_path, monkeypatch):
+    registry, weights, reference = tiny_row
+    monkeypatch.setattr(zoo, "sample_row", lambda *a, **k: pytest.fail("sampled before the error"))
+    with pytest.raises(ValueError, match="clip_score scores samples against their captions; row tiny is not text"):
+        reproduce(registry, weights, reference, tmp_path / "run", "--metrics", "clip_score")
+    captions = zoo.sample_captions(["a cat", "a dog\nbarking"], 5)
+    assert captions == ["a cat", "a dog\nbarking", "a cat", "a dog\nbarking", "a cat"]
+    path = zoo.write_captions(captions, tmp_path / "samples.prompts.txt")
+    assert path.read_text().splitlines() == ["a cat", "a dog barking", "a cat", "a dog barking", "a cat"]

@@ -103,9 +103,9 @@ def test_txt2img_writes_the_same_images_from_a_mapped_checkpoint(tmp_path, monke
     real_load_model = loading.load_model
     plain = []
 
-    def load_the_plain_way(config, ckpt, device):  # random initialization, then the checkpoint read into it
+    def load_the_plain_way(config, ckpt, device, **options):  # random initialization, then the checkpoint read
         plain.append(ckpt)
-        return real_load_model(config, ckpt, device, empty_init=False)
+        return real_load_model(config, ckpt, device, empty_init=False, **options)
 
     monkeypatch.setattr(loading, "load_model", load_the_plain_way)
     run_txt2img(config, ckpt, tmp_path / "plain")

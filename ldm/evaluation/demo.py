@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ldm.data.synthetic import CLASSES
 from ldm.evaluation import metrics as M
 from ldm.evaluation import shapes
-from ldm.evaluation.settings import DEMO_OUTDIR
+from ldm.evaluation.settings import DEMO_GUIDANCE, DEMO_OUTDIR
 from ldm.models.diffusion.sampling import make_sampler
 from ldm.samplers import check_sampler_options, resolve_sampler_name
 from ldm.scripting.loading import load_model
@@ -83,7 +83,7 @@ def count_model_calls(model: torch.nn.Module) -> Iterator[list[int]]:
 
 @torch.no_grad()
 def sample_classes(model: torch.nn.Module, null_class: int, sampler: str = "ddim", steps: int | None = 50,
-                   n_per_class: int = 64, scale: float = 3.0, eta: float = 0.0, seed: int = 0,
+                   n_per_class: int = 64, scale: float = DEMO_GUIDANCE, eta: float = 0.0, seed: int = 0,
                    batch_size: int = 192, num_classes: int = len(CLASSES),
                    progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Samples (N, 3, H, W) in [-1, 1], their labels (class of sample i: i mod num_classes) and the model
@@ -155,7 +155,7 @@ def real_floor(classifier: shapes.ShapesClassifier, reference: torch.Tensor, n_p
 
 
 def evaluate_demo(ckpt: str | os.PathLike, cache_dir: str | os.PathLike, sampler: str = "ddim", steps: int = 50,
-                  n_per_class: int = 64, scale: float = 3.0, eta: float = 0.0, seed: int = 0,
+                  n_per_class: int = 64, scale: float = DEMO_GUIDANCE, eta: float = 0.0, seed: int = 0,
                   device: torch.device = torch.device("cpu"), progress: bool = True,
                   samples_out: str | os.PathLike | None = None) -> dict[str, Any]:
     """The demo model's class accuracy and Frechet distance with one sampler setting (see the module docstring)."""

@@ -1,7 +1,9 @@
 """The Inception-v3 that FID (Heusel et al. 2017) and the Inception Score (Salimans et al. 2016) are defined
 on: the TensorFlow graph of 2015-12-05, as ported to PyTorch by torch-fidelity (Obukhov et al.), whose
 outputs match the TensorFlow original. This module finds its weights file locally (nothing is
-downloaded), checks it, and extracts pool (2048) and logit features from uint8 image batches.
+downloaded), checks it, and extracts pool (2048) and logit features from uint8 image batches, and the
+spatial features of sFID (Nash et al. 2021, as ADM's evaluator computes it: the first 7 channels of the
+TF graph's ``mixed_6/conv``, 17 x 17 x 7 = 2023 values per image).
 
 The weights file ``weights-inception-2015-12-05-6726825d.pth`` is looked for in this order: the path
 given (``--inception_weights``), ``$LDM_INCEPTION_WEIGHTS``, and torch's hub cache
@@ -13,6 +15,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterable, Mapping
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -32,6 +35,13 @@ POOL_FEATURES = "2048"
 LOGIT_FEATURES = "logits_unbiased"
 #: Shape of the final layer in the weights file (1008 TF classes on 2048 pool features).
 FC_SHAPE = (1008, 2048)
+#: sFID's features, ADM's ``mixed_6/conv:0`` (the 1x1 branch of the TF graph's seventh mixed block, whose
+#: port is torch-fidelity's ``Mixed_6d.branch1x1``: its ReLU output), first ``SPATIAL_CHANNELS`` channels,
+#: flattened in TensorFlow's height, width, channel order as ADM's evaluator does.
+SPATIAL_FEATURES = "mixed_6_conv"
+SPATIAL_MODULE = "Mixed_6d.branch1x1"
+SPATIAL_CHANNELS = 7
+SPATIAL_DIM = SPATIAL_CHANNELS * 17 * 17
 
 
 def hub_weights_path() -> Path:
@@ -105,11 +115,16 @@ class InceptionFeatures:
         self._model: torch.nn.Module | None = None
 
     @property
+    def fidelity_layers(self) -> list[str]:
+        """The layers torch-fidelity's forward returns (the spatial features are taken by a hook on the way)."""
+        return [layer for layer in self.layers if layer != SPATIAL_FEATURES] or [POOL_FEATURES]
+
+    @property
     def model(self) -> torch.nn.Module:
         if self._model is None:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-            model = FeatureExtractorInceptionV3(EXTRACTOR_NAME, list(self.layers),
+            model = FeatureExtractorInceptionV3(EXTRACTOR_NAME, self.fidelity_layers,
                                                 feature_extractor_weights_path=str(self.weights), verbose=False)
             self._model = model.to(self.device).eval()
         return self._model
@@ -119,10 +134,22 @@ class InceptionFeatures:
                  progress: bool = True) -> dict[str, torch.Tensor]:
         """Features ``{layer: (N, D) float32}`` of uint8 ``(B, 3, H, W)`` batches (``total`` images)."""
         out: dict[str, list[torch.Tensor]] = {layer: [] for layer in self.layers}
-        with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
-            for batch in batches:
-                features = self.model(batch.to(self.device))
-                for layer, value in zip(self.layers, features):
-                    out[layer].append(value.float().cpu())
-                bar.update(batch.shape[0])
+        hook = None
+        if SPATIAL_FEATURES in self.layers:
+            def take_spatial(module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
+                # (B, 192, 17, 17) -> the first 7 channels, flattened as TF's (B, 17, 17, 7)
+                out[SPATIAL_FEATURES].append(output[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).flatten(1).float().cpu())
+
+            hook = self.model.get_submodule(SPATIAL_MODULE).register_forward_hook(take_spatial)
+        try:
+            with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+                for batch in batches:
+                    features = self.model(batch.to(self.device))
+                    for layer, value in zip(self.fidelity_layers, features):
+                        if layer in out:
+                            out[layer].append(value.float().cpu())
+                    bar.update(batch.shape[0])
+        finally:
+            if hook is not None:
+                hook.remove()
         return {layer: torch.cat(values) for layer, values in out.items()}

@@ -1,6 +1,7 @@
 """Image sets to evaluate: a folder of images, the ``.npz`` that the sampling scripts write, or the
 reference batches of ADM's evaluation suite (Dhariwal & Nichol 2021: ``arr_0`` with the images as
-``(N, H, W, 3)`` uint8, and precomputed Inception statistics ``mu``/``sigma`` when present).
+``(N, H, W, 3)`` uint8, and precomputed Inception statistics ``mu``/``sigma``, and ``mu_s``/``sigma_s``
+of the spatial features for sFID, when present).
 
 :func:`open_image_set` checks a set before any feature is extracted: it exists, holds images, and
 all of them have one size (read from the file headers, without decoding). A folder is read as
@@ -42,6 +43,7 @@ class ImageSet:
     files: list[str] | None = None               # a folder's image files, in torch-fidelity's order
     array: np.ndarray | None = None              # an .npz's (N, H, W, 3) uint8 images
     stats: dict[str, np.ndarray] | None = None   # precomputed Inception statistics (mu, sigma) of an .npz
+    spatial_stats: dict[str, np.ndarray] | None = None  # precomputed sFID statistics (mu_s, sigma_s as mu, sigma)
     _hash: str | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -151,6 +153,7 @@ def _open_npz(p: Path, what: str) -> ImageSet:
             raise ValueError(f"{what} {p}: no arr_0 in the .npz (keys {data.files}); expected {EXPECTED}")
         array = data["arr_0"]
         stats = {k: data[k] for k in ("mu", "sigma") if k in data.files}
+        spatial = {k[:-2]: data[k] for k in ("mu_s", "sigma_s") if k in data.files}
     if array.ndim != 4 or array.shape[-1] not in (1, 3) or array.dtype != np.uint8:
         raise ValueError(f"{what} {p}: arr_0 is {array.dtype} of shape {array.shape}; expected (N, H, W, 3) uint8 "
                          f"as the sampling scripts and ADM's reference batches write")
@@ -158,9 +161,11 @@ def _open_npz(p: Path, what: str) -> ImageSet:
         raise ValueError(f"{what} {p}: arr_0 holds no image")
     if stats and set(stats) != {"mu", "sigma"}:
         raise ValueError(f"{what} {p}: holds {sorted(stats)} but not both mu and sigma")
+    if spatial and set(spatial) != {"mu", "sigma"}:
+        raise ValueError(f"{what} {p}: holds {sorted(k + '_s' for k in spatial)} but not both mu_s and sigma_s")
     mode = "RGB" if array.shape[-1] == 3 else "L"
     return ImageSet(path=p, what=what, size=(array.shape[1], array.shape[2]), modes={mode: len(array)}, array=array,
-                    stats=stats or None)
+                    stats=stats or None, spatial_stats=spatial or None)
 
 
 def check_pair(samples: ImageSet, reference: ImageSet, allow_size_mismatch: bool = False) -> None:

@@ -13,12 +13,17 @@ KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
 PRC_NEIGHBORHOOD = 3
 RNG_SEED = 2020
-#: Metric names accepted by --metrics.
-METRIC_NAMES = ("fid", "isc", "kid", "prc")
+#: Metric names accepted by --metrics: torch-fidelity's four on Inception features, sFID on Inception's
+#: spatial features, the Frechet distance of DINOv2 features and the CLIP score.
+METRIC_NAMES = ("fid", "isc", "kid", "prc", "sfid", "fd_dinov2", "clip_score")
+#: The metrics computed by default.
+DEFAULT_METRICS = "fid,isc,kid,prc"
 #: The model-zoo registry.
 REGISTRY = _REPO / "models" / "model_zoo.yaml"
 #: Where scripts/demo.py writes its runs.
 DEMO_OUTDIR = _REPO / "outputs" / "demo"
+#: Classifier-free guidance scale of the demo's samples (scripts/demo.py, evaluate_demo.py, sampler_study.py).
+DEMO_GUIDANCE = 6.0
 #: Sampler steps of the sampler study (ancestral DDPM runs all training steps instead).
 STUDY_STEPS = (5, 10, 20, 50, 100)
 #: Environment variable naming the folder of the reference-feature and classifier cache.

@@ -101,6 +101,18 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.detach().cpu().clamp(-1, 1) + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
+def sample_captions(prompts: list[str], num_samples: int) -> list[str]:
+    """The caption of each sample of a text row: sample i is drawn from ``prompts[i % len(prompts)]``."""
+    return [prompts[i % len(prompts)] for i in range(num_samples)]
+
+
+def write_captions(captions: list[str], path: Path) -> Path:
+    """One caption a line (newlines inside a caption become spaces), atomically."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("".join(c.replace("\n", " ") + "\n" for c in captions), encoding="utf-8")
+    return path
+
+
 def conditioning_for(model: torch.nn.Module, row: dict[str, Any], start: int, n: int,
                      prompts: list[str] | None) -> tuple[Any, Any]:
     """(conditioning, unconditional conditioning) of samples start .. start + n - 1 of the row."""
@@ -115,7 +127,7 @@ def conditioning_for(model: torch.nn.Module, row: dict[str, Any], start: int, n:
         c = model.get_learned_conditioning({key: labels})
         uc = model.get_learned_conditioning({key: torch.full_like(labels, int(row["num_classes"]))}) if scale != 1 else None
         return c, uc
-    texts = [prompts[i % len(prompts)] for i in range(start, start + n)]
+    texts = sample_captions(prompts, start + n)[start:]
     c = model.get_learned_conditioning(texts)
     uc = model.get_learned_conditioning(n * [""]) if scale != 1 else None
     return c, uc

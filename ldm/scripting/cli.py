@@ -25,7 +25,8 @@ SAMPLER_NAMES = tuple(sampler_names())
 
 def add_common_arguments(parser: argparse.ArgumentParser, config: str | None, ckpt: str | None,
                          sampler: str | None = "ddim") -> None:
-    """--config, --ckpt, --seed, --device, --threads, --precision and (unless ``sampler`` is None) --sampler."""
+    """--config, --ckpt, --seed, --device, --threads, --precision, --compile and (unless ``sampler`` is None)
+    --sampler."""
     parser.add_argument("--config", type=str, default=None,
                         help="the config that builds the model (default: the one found with the checkpoint"
                              + (f", else {config}" if config else "") + ")")
@@ -44,6 +45,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, config: str | None, ck
     parser.add_argument("--precision", type=str, default="fp32", choices=PRECISIONS,
                         help="fp32, or mixed precision through torch.autocast: bf16, fp16 (CUDA only), autocast "
                              "(bf16 on the CPU, fp16 on CUDA) (default: fp32)")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the U-Net through torch.compile with frozen weights: the first step compiles "
+                             "(a minute or more on a CPU), later steps run faster; where compilation is "
+                             "unavailable the model runs eagerly after a warning")
     if sampler is not None:
         names = ", ".join(SAMPLER_NAMES)
         parser.add_argument("--sampler", type=str, default=None,

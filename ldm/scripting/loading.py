@@ -101,7 +101,7 @@ def _as_model_dtypes(model: torch.nn.Module, state_dict: Mapping) -> dict:
 
 
 def load_model(config: DictConfig, ckpt: str | os.PathLike, device: torch.device,
-               empty_init: bool = True) -> tuple[torch.nn.Module, dict]:
+               empty_init: bool = True, compile_unet: bool = False) -> tuple[torch.nn.Module, dict]:
     """Build ``config.model``, load ``ckpt`` with every key matched, move it to ``device``, eval mode.
 
     With ``empty_init`` (the default) the model is built with its parameters on the meta device
@@ -110,6 +110,7 @@ def load_model(config: DictConfig, ckpt: str | os.PathLike, device: torch.device
     a random initialization that the checkpoint overwrites, no time copying the file into memory, and one
     copy of the weights, not two. Without it the model is built with its random initialization and the
     checkpoint, read into memory, is copied into it.
+    With ``compile_unet`` its U-Net runs through ``torch.compile`` from its first call (`ldm.compile`).
     Returns the model and the checkpoint's metadata (``global_step``, ``epoch`` when stored).
     """
     from ldm.checkpoint import check_weights_fit, load_checkpoint
@@ -136,6 +137,10 @@ def load_model(config: DictConfig, ckpt: str | os.PathLike, device: torch.device
         raise ValueError(f"checkpoint {ckpt} left {len(unfilled)} tensors of the model without values, such as "
                          f"{unfilled[:4]}; load it with empty_init=False")
     model = model.to(device).eval()
+    if compile_unet:
+        from ldm.compile import compile_unet as compile_model_unet
+
+        compile_model_unet(model)
     meta = {k: obj[k] for k in ("global_step", "epoch") if isinstance(obj, Mapping) and k in obj}
     logger.info("loaded %s (%s) onto %s", ckpt, config.model.get("target"), device)
     return model, meta
