@@ -60,13 +60,18 @@ def _cpu_times() -> tuple[int, int] | None:
     return sum(fields) - idle, sum(fields)
 
 
+def load_average() -> float:
+    """The 1-minute load average (0 where the system does not report one)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
 def busy_cores(sample_s: float = LOAD_SAMPLE_S) -> float:
     """How many cores other work keeps busy: the larger of the 1-minute load average and the busy share
     of all CPUs over the next ``sample_s`` seconds (which sees load that started only seconds ago)."""
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        load = 0.0
+    load = load_average()
     before = _cpu_times()
     if before is None or sample_s <= 0:
         return load
@@ -137,6 +142,8 @@ def choose_threads(requested: str | int | None = None, processes: int = 1,
         if n is not None:
             return ThreadChoice(n, f"from {var}")
     cores = available_cores()
+    if free_cores(load_average(), cores, processes) == 1:  # watching the CPU could only confirm one thread
+        sample_s = 0.0
     busy = busy_cores(sample_s)
     per_process = free_cores(busy, cores, processes)
     share = f", shared by {processes} processes" if processes > 1 else ""

@@ -229,6 +229,21 @@ def test_thread_choice_precedence(monkeypatch):
     assert threads.choose_threads("auto").reason == "from OMP_NUM_THREADS"
 
 
+def test_the_cpu_is_watched_only_when_it_could_allow_more_than_one_thread(monkeypatch):
+    from ldm import threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "_automatic_env", None)
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    watched = []
+    monkeypatch.setattr(threads, "busy_cores", lambda sample_s: watched.append(sample_s) or threads.load_average())
+    monkeypatch.setattr(threads, "load_average", lambda: 1.6)  # already one thread whatever the CPU shows
+    assert threads.choose_threads().threads == 1 and watched == [0.0]
+    monkeypatch.setattr(threads, "load_average", lambda: 0.2)
+    assert threads.choose_threads().threads == 2 and watched == [0.0, threads.LOAD_SAMPLE_S]
+
+
 def test_an_automatic_choice_stays_automatic_in_the_same_process(monkeypatch):
     """apply_threads exports OMP_NUM_THREADS (for the processes DDP starts); the demo's next stage in the
     same process still chooses from the load, while a user's OMP_NUM_THREADS is honoured."""
