@@ -95,6 +95,10 @@ def get_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--strategy", type=str, default=None, help="auto, ddp, ddp_spawn, fsdp, ...")
     trainer.add_argument("--num_nodes", type=int, default=None, help="number of nodes for multi-node training")
     trainer.add_argument("--precision", type=str, default=None, help="32, 16-mixed, bf16-mixed, ...")
+    parser.add_argument("--compile", type=str2bool, nargs="?", const=True, default=False,
+                        help="run the diffusion model's U-Net through torch.compile (forward and backward); the "
+                             "first steps compile, later ones run faster; where compilation is unavailable the "
+                             "model runs eagerly after a warning")
     trainer.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
     trainer.add_argument("--max_epochs", type=int, default=None, help="stop after this many epochs")
     return parser
@@ -480,6 +484,10 @@ def main(argv: list[str] | None = None) -> None:
             check_image_files(data, opt.check_images)
 
     model = build(opt.base, config.model)
+    if opt.compile:
+        from ldm.compile import compile_unet
+
+        compile_unet(model, freeze=False)  # the weights change as it trains: not constants of the graph
 
     trainer_kwargs = {
         "logger": make_logger(logdir, lightning_config),

@@ -666,11 +666,15 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its
     source: ClassVar[str] = "<checkpoint>"
     #: Most bytes the storages of the file may claim together (the size of the file), or None for no bound.
     max_storage_bytes: ClassVar[int | None] = None
+    #: Bytes of each storage record of a zip checkpoint (``data/<key>``), when the storages are mapped from
+    #: the file: each storage must then claim exactly its record's bytes. None: not checked.
+    storage_records: ClassVar[Mapping[str, int] | None] = None
     dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._claimed_storages: dict[Any, int] = {}
+        self._claimed_total = 0
 
     def find_class(self, module: str, name: str) -> Any:
         if self.proto < 3 and self.fix_imports and isinstance(module, str) and isinstance(name, str):
@@ -741,18 +745,26 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its
         if not isinstance(pid, tuple) or not pid or pid[0] not in ("storage", b"storage"):
             raise UnsafeCheckpointError(f"persistent id {str(pid)[:60]}", self.source,
                                         "only tensor storages may be referenced from outside the pickle")
-        if self.max_storage_bytes is None or len(pid) < 5:
+        if (self.max_storage_bytes is None and self.storage_records is None) or len(pid) < 5:
             return
         storage_type, key, numel = pid[1], pid[2], pid[4]
         dtype = getattr(storage_type, "dtype", torch.uint8)
         if type(numel) is not int or numel < 0 or not isinstance(dtype, torch.dtype):
             raise InvalidCheckpointError(f"{self.source}: a storage claims {numel!r} elements of {dtype!r}")
-        self._claimed_storages[key] = numel * dtype.itemsize
-        claimed = sum(self._claimed_storages.values())
-        if claimed > self.max_storage_bytes:
+        nbytes = numel * dtype.itemsize
+        if self.storage_records is not None:
+            stored = self.storage_records.get(str(key))
+            if stored != nbytes:
+                raise InvalidCheckpointError(
+                    f"{self.source}: storage {str(key)[:40]!r} claims {nbytes:,} bytes, but the file's record "
+                    f"data/{str(key)[:40]} {'is missing' if stored is None else f'holds {stored:,}'}; "
+                    f"the file is corrupt or crafted")
+        self._claimed_total += nbytes - self._claimed_storages.get(key, 0)
+        self._claimed_storages[key] = nbytes
+        if self.max_storage_bytes is not None and self._claimed_total > self.max_storage_bytes:
             raise InvalidCheckpointError(
-                f"{self.source}: its storages claim {claimed:,} bytes, more than the file's {self.max_storage_bytes:,}; "
-                f"the file is corrupt or crafted")
+                f"{self.source}: its storages claim {self._claimed_total:,} bytes, more than the file's "
+                f"{self.max_storage_bytes:,}; the file is corrupt or crafted")
 
     def load_persid(self) -> None:
         raise pickle.UnpicklingError("text persistent ids (PERSID) do not occur in checkpoints")
@@ -846,12 +858,14 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its
                                     "the copyreg extension registry is not used by checkpoints")
 
 
-def restricted_pickle_module(source: str = "<checkpoint>", max_storage_bytes: int | None = None
-                             ) -> types.SimpleNamespace:
+def restricted_pickle_module(source: str = "<checkpoint>", max_storage_bytes: int | None = None,
+                             storage_records: Mapping[str, int] | None = None) -> types.SimpleNamespace:
     """A ``pickle_module`` for ``torch.load`` whose unpickler enforces the allow-list; errors name ``source``.
-    ``max_storage_bytes`` bounds the bytes that the tensor storages of the file may claim together."""
+    ``max_storage_bytes`` bounds the bytes that the tensor storages of the file may claim together;
+    ``storage_records`` (storage key -> bytes of its record) makes each storage claim exactly its record."""
     unpickler = type("RestrictedUnpickler", (_RestrictedUnpickler,),
-                     {"source": str(source), "max_storage_bytes": max_storage_bytes})
+                     {"source": str(source), "max_storage_bytes": max_storage_bytes,
+                      "storage_records": storage_records})
 
     def load(file: Any, **kwargs: Any) -> Any:
         return unpickler(file, **kwargs).load()
@@ -942,9 +956,28 @@ def _load_safetensors(path: Path, map_location: Any) -> dict[str, torch.Tensor]:
             f"truncated or corrupt.{_download_hint(path)}") from err
 
 
-def _is_torchscript_zip(path: Path) -> bool:
+def _zip_contents(path: Path, size: int) -> tuple[bool, dict[str, int] | None]:
+    """Whether the zip file ``path`` is a TorchScript archive, and the bytes of each storage record
+    (``<archive>/data/<key>`` -> size) when every one is stored once, uncompressed, inside the file's
+    ``size`` bytes, so that it can be mapped from the file as it lies (else None)."""
     with zipfile.ZipFile(path) as archive:
-        return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in archive.namelist())
+        infos = archive.infolist()
+    names = [info.filename for info in infos]
+    if any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in names):
+        return True, None
+    pickles = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
+    if len(pickles) != 1:
+        return False, None
+    prefix = pickles[0][:-len("data.pkl")] + "data/"
+    records = {}
+    for info in infos:
+        if info.filename.startswith(prefix):
+            key = info.filename[len(prefix):]
+            if (info.compress_type != zipfile.ZIP_STORED or info.header_offset + info.file_size > size
+                    or key in records):
+                return False, None
+            records[key] = info.file_size
+    return False, records
 
 
 #: Objects that a loaded checkpoint may reach, counting shared references each time they are reached, beyond
@@ -1002,7 +1035,7 @@ def _check_expansion(obj: Any, file_size: int, source: str) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """Load a whole checkpoint without running code from it.
 
     The format is read from the file's content, not its name: safetensors files give their dict of tensors;
@@ -1012,6 +1045,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     beyond a small multiple of the file. Raises FileNotFoundError (with the download script for model-zoo
     paths), IsADirectoryError, InvalidCheckpointError for unreadable or special files and
     UnsafeCheckpointError for a file that names a forbidden global or call.
+
+    With ``mmap`` the tensors of a zip checkpoint are not read into memory: they are views of the file
+    mapped copy-on-write (``torch.load(mmap=True)``), paged in from the page cache as they are used, and
+    each storage must claim exactly the bytes of its record in the file. Writing to them never changes the
+    file; the file must not be truncated while they are in use (save over it through a new file and a
+    rename, as `save_checkpoint_atomic` does). Other formats, and zip files with compressed records, are
+    read as without ``mmap``.
     """
     path = Path(path)
     size = _check_file(path)
@@ -1023,12 +1063,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     source = str(path)
     try:
         if kind == "zip":
-            if _is_torchscript_zip(path):
+            torchscript, records = _zip_contents(path, size)
+            if torchscript:
                 raise UnsafeCheckpointError("TorchScript archive", source,
                                             "TorchScript archives carry code; load them with torch.jit.load if trusted")
-            with open(path, "rb") as file:  # a file object: torch.load would judge a path by its suffix
-                obj = torch.load(file, map_location=map_location, weights_only=False,
-                                 pickle_module=restricted_pickle_module(source, max_storage_bytes=size))
+            # torch.load maps only a path, and judges a path by its suffix: a file object otherwise
+            if mmap and records is not None and not str(path).endswith(_SAFETENSORS_SUFFIX):
+                obj = torch.load(os.fspath(path), map_location=map_location, weights_only=False, mmap=True,
+                                 pickle_module=restricted_pickle_module(source, max_storage_bytes=size,
+                                                                        storage_records=records))
+            else:
+                with open(path, "rb") as file:
+                    obj = torch.load(file, map_location=map_location, weights_only=False,
+                                     pickle_module=restricted_pickle_module(source, max_storage_bytes=size))
         else:  # the legacy format reads storages from the stream: give it the file's bytes, nothing more
             obj = torch.load(io.BytesIO(path.read_bytes()), map_location=map_location, weights_only=False,
                              pickle_module=restricted_pickle_module(source, max_storage_bytes=size))

@@ -27,10 +27,14 @@ from ldm.checkpoint import (InvalidCheckpointError, UnsafeCheckpointError, load_
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _template() -> bytes:
+def _template_of(obj) -> bytes:
     buf = io.BytesIO()
-    torch.save({"state_dict": {"w": torch.arange(4, dtype=torch.float32)}}, buf)
+    torch.save(obj, buf)
     return buf.getvalue()
+
+
+def _template() -> bytes:
+    return _template_of({"state_dict": {"w": torch.arange(4, dtype=torch.float32)}})
 
 
 def torch_zip(data_pkl: bytes) -> bytes:
@@ -77,9 +81,10 @@ def write(tmp_path: Path, data: bytes, name: str = "crafted.ckpt") -> Path:
 # ------------------------------------------------------------------------------------------------ crafted files
 
 
-def test_the_template_loads(tmp_path):
+@pytest.mark.parametrize("mmap", [False, True])
+def test_the_template_loads(tmp_path, mmap):
     # the helper builds valid checkpoints: a plain tensor of the storage loads
-    tensor = load_checkpoint(write(tmp_path, torch_zip(tensor_pickle((2, 2), (2, 1)))))
+    tensor = load_checkpoint(write(tmp_path, torch_zip(tensor_pickle((2, 2), (2, 1)))), mmap=mmap)
     assert torch.equal(tensor, torch.arange(4.0).reshape(2, 2))
 
 
@@ -89,27 +94,35 @@ def test_the_template_loads(tmp_path):
     ((2,), (1,), 3, "reaches element 4 of a storage of 4 elements"),
     ((2, 2), (-1, 1), 0, "strides must be 2 non-negative integers"),
 ])
-def test_tensor_views_outside_their_storage_are_refused(tmp_path, size, stride, offset, match):
+@pytest.mark.parametrize("mmap", [False, True])
+def test_tensor_views_outside_their_storage_are_refused(tmp_path, size, stride, offset, match, mmap):
     path = write(tmp_path, torch_zip(tensor_pickle(size, stride, offset)))
     with pytest.raises(UnsafeCheckpointError, match=match):
-        load_checkpoint(path)
+        load_checkpoint(path, mmap=mmap)
 
 
-def test_backward_hooks_are_refused(tmp_path):
+@pytest.mark.parametrize("mmap", [False, True])
+def test_backward_hooks_are_refused(tmp_path, mmap):
     hooks = G("collections", "OrderedDict") + b")R" + I(0) + G("builtins", "print") + b"s"
     with pytest.raises(UnsafeCheckpointError, match="builtins.print"):
-        load_checkpoint(write(tmp_path, torch_zip(tensor_pickle((4,), (1,), hooks=hooks))))
+        load_checkpoint(write(tmp_path, torch_zip(tensor_pickle((4,), (1,), hooks=hooks))), mmap=mmap)
     hooks = G("collections", "OrderedDict") + b")R" + I(0) + G("builtins", "list") + b"s"
     with pytest.raises(UnsafeCheckpointError, match="backward hooks"):
-        load_checkpoint(write(tmp_path, torch_zip(tensor_pickle((4,), (1,), hooks=hooks))))
+        load_checkpoint(write(tmp_path, torch_zip(tensor_pickle((4,), (1,), hooks=hooks))), mmap=mmap)
 
 
-def test_storages_may_not_claim_more_than_the_file(tmp_path):
-    claim = b"(" + S("storage") + G("torch", "FloatStorage") + S("0") + S("cpu") + I(2 ** 40) + b"tQ"
-    data = b"\x80\x02" + G("torch._utils", "_rebuild_tensor_v2") + b"(" + claim + I(0) + b"(K\x01tK\x01\x85\x89}tR."
+def _claiming(elements: int, key: str = "0") -> bytes:
+    """A checkpoint pickle whose one tensor is a float storage ``key`` said to hold ``elements`` elements."""
+    claim = b"(" + S("storage") + G("torch", "FloatStorage") + S(key) + S("cpu") + I(elements) + b"tQ"
+    return b"\x80\x02" + G("torch._utils", "_rebuild_tensor_v2") + b"(" + claim + I(0) + b"(K\x01tK\x01\x85\x89}tR."
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_storages_may_not_claim_more_than_the_file(tmp_path, mmap):
+    data = _claiming(2 ** 40)
     # torch's zip reader checks the record size; the legacy format is checked by the loader itself
     with pytest.raises(InvalidCheckpointError, match="claim|does not match"):
-        load_checkpoint(write(tmp_path, torch_zip(data)))
+        load_checkpoint(write(tmp_path, torch_zip(data)), mmap=mmap)
     legacy = io.BytesIO()
     torch.save({"w": torch.zeros(4)}, legacy, _use_new_zipfile_serialization=False)
     blob = legacy.getvalue()
@@ -118,7 +131,49 @@ def test_storages_may_not_claim_more_than_the_file(tmp_path):
     bomb = blob.replace(b"cpuq\x06K\x04N", b"cpuq\x06" + I(2 ** 40) + b"N", 1)
     assert bomb != blob
     with pytest.raises(InvalidCheckpointError, match="claim"):
-        load_checkpoint(write(tmp_path, bomb, "legacy.ckpt"))
+        load_checkpoint(write(tmp_path, bomb, "legacy.ckpt"), mmap=mmap)
+
+
+@pytest.mark.parametrize("elements,key,match", [
+    (2, "0", r"storage '0' claims 8 bytes, but the file's record data/0 holds 16"),  # would map a part of it
+    (4, "7", r"storage '7' claims 16 bytes, but the file's record data/7 is missing"),
+])
+def test_mapped_storages_must_claim_their_record_exactly(tmp_path, elements, key, match):
+    with pytest.raises(InvalidCheckpointError, match=match):
+        load_checkpoint(write(tmp_path, torch_zip(_claiming(elements, key))), mmap=True)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_truncated_checkpoints_fail_cleanly(tmp_path, mmap):
+    full = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.randn(64, 64), "b": torch.randn(64)}, "epoch": 1}, full)
+    blob = full.getvalue()
+    for cut in (len(blob) - 1, len(blob) - 30, len(blob) // 2, 100):
+        with pytest.raises(InvalidCheckpointError, match="truncated or corrupt"):
+            load_checkpoint(write(tmp_path, blob[:cut], f"cut{cut}.ckpt"), mmap=mmap)
+
+
+def test_mapped_loading_reads_a_storage_record_stored_twice_as_reading_does(tmp_path):
+    src = zipfile.ZipFile(io.BytesIO(_template_of({"w": torch.arange(4.0)})))
+    out = io.BytesIO()
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name))
+            if name.endswith("data/0"):
+                dst.writestr(name, torch.arange(10.0, 14.0).numpy().tobytes())
+    path = write(tmp_path, out.getvalue())
+    assert torch.equal(load_checkpoint(path, mmap=True)["w"], load_checkpoint(path)["w"])
+
+
+def test_mapped_loading_falls_back_to_reading_compressed_records(tmp_path):
+    values = torch.randn(256)  # random floats do not compress: the file stays larger than its storages
+    src = zipfile.ZipFile(io.BytesIO(_template_of({"w": values})))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name))
+    loaded = load_checkpoint(write(tmp_path, out.getvalue()), mmap=True)
+    assert torch.equal(loaded["w"], values)
 
 
 @pytest.mark.parametrize("call,match", [
@@ -271,14 +326,14 @@ def _audit_hook(event: str, args: tuple) -> None:
 sys.addaudithook(_audit_hook)  # hooks cannot be removed; this one only records while armed
 
 
-def _check_program(tmp_path: Path, program: bytes, as_zip: bool) -> None:
+def _check_program(tmp_path: Path, program: bytes, as_zip: bool, mmap: bool = False) -> None:
     data = torch_zip(program) if as_zip else program
     path = tmp_path / ("z.ckpt" if as_zip else "p.ckpt")
     path.write_bytes(data)
     tracemalloc.start()
     _audit.update(armed=True, events=[])
     try:
-        load_checkpoint(path)
+        load_checkpoint(path, mmap=mmap)
     except (UnsafeCheckpointError, InvalidCheckpointError):
         pass
     finally:
@@ -307,18 +362,18 @@ THOROUGH = settings(max_examples=3000, deadline=None, suppress_health_check=[Hea
 
 
 @FAST
-@given(program=programs, as_zip=st.booleans())
-def test_crafted_pickle_programs(tmp_path, program, as_zip):
+@given(program=programs, as_zip=st.booleans(), mmap=st.booleans())
+def test_crafted_pickle_programs(tmp_path, program, as_zip, mmap):
     _warm_up_once(tmp_path)
-    _check_program(tmp_path, program, as_zip)
+    _check_program(tmp_path, program, as_zip, mmap)
 
 
 @pytest.mark.slow
 @THOROUGH
-@given(program=programs, as_zip=st.booleans())
-def test_crafted_pickle_programs_thoroughly(tmp_path, program, as_zip):
+@given(program=programs, as_zip=st.booleans(), mmap=st.booleans())
+def test_crafted_pickle_programs_thoroughly(tmp_path, program, as_zip, mmap):
     _warm_up_once(tmp_path)
-    _check_program(tmp_path, program, as_zip)
+    _check_program(tmp_path, program, as_zip, mmap)
 
 
 _warmed = []

@@ -72,3 +72,30 @@ def test_compiled_unet_matches_eager_and_keeps_its_keys():
         out = m(*args, **kwargs)
     assert list(m.state_dict()) == keys
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * max(1.0, ref.abs().max().item()))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(ldm_compile.unavailable_reason(torch.device("cpu")) is not None, reason="no C++ compiler")
+def test_main_compile_trains_like_the_eager_model(tmp_path):
+    """``main.py --compile``: the compiled U-Net's forward and backward give the eager run's weights."""
+    from test_main import CONFIGS, ckpt_state, run_main
+
+    runs = {}
+    for flag in ([], ["--compile"]):
+        logdir = run_main(tmp_path / ("compiled" if flag else "eager"), "-b", str(CONFIGS / "ldm_uncond_tiny.yaml"),
+                          "-t", "--no-test", "lightning.trainer.max_steps=2", *flag)
+        runs[bool(flag)] = ckpt_state(logdir / "checkpoints" / "last.ckpt")["state_dict"]
+    for key, eager in runs[False].items():
+        if eager.is_floating_point():
+            torch.testing.assert_close(runs[True][key], eager, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_main_compile_flag_compiles_the_unet_for_training(tmp_path, monkeypatch):
+    from test_main import CONFIGS, run_main
+
+    calls = []
+    monkeypatch.setattr(ldm_compile, "compile_unet", lambda model, freeze=True: calls.append((model, freeze)))
+    run_main(tmp_path, "-b", str(CONFIGS / "ldm_uncond_tiny.yaml"), "-t", "--no-test",
+             "lightning.trainer.max_steps=1", "--compile")
+    (model, freeze), = calls
+    assert type(model).__name__ == "LatentDiffusion" and freeze is False  # weights that train are not constants

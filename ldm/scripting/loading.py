@@ -105,15 +105,18 @@ def load_model(config: DictConfig, ckpt: str | os.PathLike, device: torch.device
     """Build ``config.model``, load ``ckpt`` with every key matched, move it to ``device``, eval mode.
 
     With ``empty_init`` (the default) the model is built with its parameters on the meta device
-    (`parameters_on_meta`) and the checkpoint's tensors become its parameters (``assign=True``): no time on
-    a random initialization that the checkpoint overwrites, and one copy of the weights in memory, not two.
+    (`parameters_on_meta`) and the checkpoint's tensors, mapped from the file rather than read
+    (`ldm.checkpoint.load_checkpoint` with ``mmap``), become its parameters (``assign=True``): no time on
+    a random initialization that the checkpoint overwrites, no time copying the file into memory, and one
+    copy of the weights, not two. Without it the model is built with its random initialization and the
+    checkpoint, read into memory, is copied into it.
     With ``compile_unet`` its U-Net runs through ``torch.compile`` from its first call (`ldm.compile`).
     Returns the model and the checkpoint's metadata (``global_step``, ``epoch`` when stored).
     """
     from ldm.checkpoint import check_weights_fit, load_checkpoint
 
     ckpt = require_file(ckpt, "checkpoint")
-    obj = load_checkpoint(ckpt, map_location="cpu")
+    obj = load_checkpoint(ckpt, map_location="cpu", mmap=empty_init)
     state_dict = obj["state_dict"] if isinstance(obj, Mapping) and "state_dict" in obj else obj
     if not isinstance(state_dict, Mapping):
         raise ValueError(f"checkpoint {ckpt} holds a {type(state_dict).__name__}, not a state dict")
@@ -145,7 +148,38 @@ def load_model(config: DictConfig, ckpt: str | os.PathLike, device: torch.device
 
 @contextlib.contextmanager
 def ema_weights(model: torch.nn.Module) -> Iterator[None]:
-    """The model's EMA weights inside the block, where it keeps them (``ema_scope``)."""
-    scope = getattr(model, "ema_scope", None)
-    with (scope() if scope is not None else contextlib.nullcontext()):
+    """The model's EMA weights inside the block, where it keeps them (``ema_scope``).
+
+    For a diffusion model (``DDPM`` and its subclasses) with ``use_ema`` the network's parameters are pointed at
+    the EMA tensors for the block and back afterwards, where ``ema_scope`` copies the weights aside and copies
+    the EMA into them: the same values in the same memory format, without two copies of the network's weights
+    (nor writes into weights mapped from the checkpoint file). A parameter whose EMA tensor has another dtype
+    or layout (the channels-last convolutions of the U-Net) gets a copy of it in the parameter's own format.
+    The block must not change the weights in place (sampling does not): it would change the EMA tensors.
+    """
+    from ldm.models.diffusion.ddpm_module import DDPM
+
+    if not (isinstance(model, DDPM) and model.use_ema):
+        scope = getattr(model, "ema_scope", None)
+        with (scope() if scope is not None else contextlib.nullcontext()):
+            yield
+        return
+    ema = model.model_ema
+    shadows = dict(ema.named_buffers())
+    held = []
+    for key, param in model.model.named_parameters():  # as LitEma.copy_to
+        if not param.requires_grad:
+            if key in ema.m_name2s_name:
+                raise KeyError(f"LitEma: parameter {key!r} has a shadow copy but is frozen now")
+            continue
+        shadow = shadows[ema.m_name2s_name[key]].data
+        if (shadow.dtype, shadow.shape, shadow.stride(), shadow.device) != \
+                (param.dtype, param.shape, param.stride(), param.device):
+            shadow = torch.empty_like(param.data).copy_(shadow)
+        held.append((param, param.data))
+        param.data = shadow
+    try:
         yield
+    finally:
+        for param, data in held:
+            param.data = data

@@ -19,7 +19,6 @@ import os
 from functools import partial
 from typing import Any, Sequence
 
-import kornia
 import torch
 import torch.nn as nn
 from einops import repeat
@@ -418,6 +417,8 @@ class FrozenClipImageEmbedder(_FrozenCLIP):
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, 3, S, S) normalized as CLIP expects."""
+        import kornia  # imported here: only the CLIP image embedder uses it, and it adds to every start-up
+
         size = self.input_size
         x = kornia.geometry.resize(x, (size, size), interpolation="bicubic", align_corners=True,
                                    antialias=self.antialias)
