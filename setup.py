@@ -23,6 +23,7 @@ setup(
         "tensorboard>=2.14",
         "scann>=1.3; platform_system == 'Linux' and platform_machine == 'x86_64'",
         "torch-fidelity>=0.3",
+        "torchmetrics>=1.0",
         "matplotlib>=3.7",
     ],
     extras_require={

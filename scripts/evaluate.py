@@ -1,7 +1,11 @@
-"""FID, Inception Score, KID and precision/recall of a set of samples against a reference set.
+"""FID, Inception Score, KID and precision/recall of a set of samples against a reference set; sFID, the
+Frechet distance of DINOv2 features and the CLIP score on request.
 
     python scripts/evaluate.py --samples outputs/samples/ --reference data/reference/ \
         [--inception_weights weights-inception-2015-12-05-6726825d.pth] [--metrics fid,isc,kid,prc] [--out results.json]
+    python scripts/evaluate.py --samples samples.npz --reference VIRTUAL_imagenet256_labeled.npz --metrics fid,sfid
+    python scripts/evaluate.py --samples samples/ --reference ref/ --metrics fd_dinov2 --dinov2_weights dinov2-large/
+    python scripts/evaluate.py --samples samples/ --metrics clip_score --prompts captions.txt
 
 A set is a folder of .png/.jpg images, the .npz that scripts/sample_diffusion.py writes, or one of
 ADM's reference batches (.npz with arr_0, and mu/sigma, which FID then uses). The Inception-v3 is

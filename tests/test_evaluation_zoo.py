@@ -172,7 +172,7 @@ def test_reproduce_checks_the_reference_size_before_sampling(tiny_row, tmp_path,
         reproduce(registry, weights, larger, tmp_path / "run")
 
 
-@pytest.mark.slow  # two launches of the script: about 20 s of CPU time, 40 s of wall time on a busy 2-core machine
+@pytest.mark.slow  # two launches of the script: 17 s of wall time on a quiet 2-core machine, 40 s on a busy one
 def test_reproduce_killed_by_sigkill_resumes_without_resampling(tiny_row, tmp_path):
     """scripts/reproduce.py in its own process, SIGKILLed once its first batch file exists, then run again:
     the finished batches keep their files (same inode and modification time) and only the rest is sampled."""
