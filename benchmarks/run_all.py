@@ -1,6 +1,6 @@
 """Speed and memory of the zoo U-Nets against the original implementation: ``make bench``.
 
-    python benchmarks/run_all.py                                  # the default subset (about 25 minutes, 2 cores)
+    python benchmarks/run_all.py                                  # the default subset (about 20 minutes, 2 cores)
     python benchmarks/run_all.py --rows forward:celebahq-ldm-vq-4:bf16
     python benchmarks/run_all.py --configs txt2img-1p4B-eval --modes startup
     python benchmarks/run_all.py --all                            # every row (long: full-size checkpoints)
