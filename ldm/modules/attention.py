@@ -145,9 +145,9 @@ class FeedForward(nn.Module):
         self.net = nn.Sequential(project_in, nn.Dropout(dropout), nn.Linear(inner_dim, dim_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])  # (tokens, dim), a view for contiguous x
-        if torch.is_grad_enabled() or rows.shape[0] <= FEED_FORWARD_CHUNK:
+        if torch.is_grad_enabled() or x.numel() // x.shape[-1] <= FEED_FORWARD_CHUNK:
             return self.net(x)
+        rows = x.reshape(-1, x.shape[-1])  # (tokens, dim)
         return torch.cat([self.net(chunk) for chunk in rows.split(FEED_FORWARD_CHUNK)]).view(*x.shape[:-1], -1)
 
 
