@@ -6,7 +6,8 @@ original's spelling) the effective decay warms up as min(decay, (1 + n) / (10 + 
 """
 from __future__ import annotations
 
-from typing import Iterable
+import contextlib
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -42,6 +43,19 @@ class LitEma(nn.Module):
         del self.num_updates
         self.register_buffer("num_updates", torch.tensor(0, dtype=torch.int))
 
+    def _shadows_of(self, model: nn.Module) -> Iterator[tuple[nn.Parameter, torch.Tensor]]:
+        """(parameter, its shadow buffer) for every trainable parameter of ``model``; KeyError for a trainable
+        parameter without a shadow copy or a frozen one with one (the model has changed since the EMA was built)."""
+        shadow_params = dict(self.named_buffers())
+        for key, param in model.named_parameters():
+            if param.requires_grad:
+                if key not in self.m_name2s_name:
+                    raise KeyError(f"LitEma: parameter {key!r} has no shadow copy; the model has changed since the "
+                                   f"EMA was built")
+                yield param, shadow_params[self.m_name2s_name[key]]
+            elif key in self.m_name2s_name:
+                raise KeyError(f"LitEma: parameter {key!r} has a shadow copy but is frozen now")
+
     @torch.no_grad()
     def forward(self, model: nn.Module) -> None:
         """One EMA step: shadow -= (1 - decay) * (shadow - param) for every trainable parameter of ``model``."""
@@ -51,27 +65,38 @@ class LitEma(nn.Module):
             decay = torch.minimum(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
         one_minus_decay = 1.0 - decay
 
-        shadow_params = dict(self.named_buffers())
-        for key, param in model.named_parameters():
-            if param.requires_grad:
-                if key not in self.m_name2s_name:
-                    raise KeyError(f"LitEma: parameter {key!r} has no shadow copy; the model has changed since the "
-                                   f"EMA was built")
-                shadow = shadow_params[self.m_name2s_name[key]]
-                if shadow.dtype != param.dtype:
-                    shadow.data = shadow.data.type_as(param)
-                shadow.sub_(one_minus_decay.to(shadow.device, shadow.dtype) * (shadow - param))
-            elif key in self.m_name2s_name:
-                raise KeyError(f"LitEma: parameter {key!r} has a shadow copy but is frozen now")
+        for param, shadow in self._shadows_of(model):
+            if shadow.dtype != param.dtype:
+                shadow.data = shadow.data.type_as(param)
+            shadow.sub_(one_minus_decay.to(shadow.device, shadow.dtype) * (shadow - param))
 
     def copy_to(self, model: nn.Module) -> None:
         """Write the averaged weights into ``model``."""
-        shadow_params = dict(self.named_buffers())
-        for key, param in model.named_parameters():
-            if param.requires_grad:
-                param.data.copy_(shadow_params[self.m_name2s_name[key]].data)
-            elif key in self.m_name2s_name:
-                raise KeyError(f"LitEma: parameter {key!r} has a shadow copy but is frozen now")
+        for param, shadow in self._shadows_of(model):
+            param.data.copy_(shadow.data)
+
+    @contextlib.contextmanager
+    def pointed_to(self, model: nn.Module) -> Iterator[None]:
+        """``model``'s trainable parameters pointed at the averaged weights inside the block, and back after.
+
+        The same values as ``copy_to`` in the parameters' own memory format, without copying the network's
+        weights aside and back (a shadow whose dtype or layout differs, such as a channels-last convolution's,
+        is copied into the parameter's format). The block must not change the weights in place: that would
+        change the shadows.
+        """
+        held = []
+        try:
+            for param, shadow in self._shadows_of(model):
+                shadow = shadow.data
+                if (shadow.dtype, shadow.shape, shadow.stride(), shadow.device) != \
+                        (param.dtype, param.shape, param.stride(), param.device):
+                    shadow = torch.empty_like(param.data).copy_(shadow)
+                held.append((param, param.data))
+                param.data = shadow
+            yield
+        finally:
+            for param, data in held:
+                param.data = data
 
     def store(self, parameters: Iterable[torch.Tensor]) -> None:
         """Save the current parameters, to be restored with ``restore`` after evaluating with the EMA weights."""

@@ -151,35 +151,17 @@ def ema_weights(model: torch.nn.Module) -> Iterator[None]:
     """The model's EMA weights inside the block, where it keeps them (``ema_scope``).
 
     For a diffusion model (``DDPM`` and its subclasses) with ``use_ema`` the network's parameters are pointed at
-    the EMA tensors for the block and back afterwards, where ``ema_scope`` copies the weights aside and copies
-    the EMA into them: the same values in the same memory format, without two copies of the network's weights
-    (nor writes into weights mapped from the checkpoint file). A parameter whose EMA tensor has another dtype
-    or layout (the channels-last convolutions of the U-Net) gets a copy of it in the parameter's own format.
-    The block must not change the weights in place (sampling does not): it would change the EMA tensors.
+    the EMA tensors for the block and back afterwards (`LitEma.pointed_to`), where ``ema_scope`` copies the
+    weights aside and copies the EMA into them: the same values in the same memory format, without two copies
+    of the network's weights (nor writes into weights mapped from the checkpoint file). The block must not
+    change the weights in place (sampling does not): it would change the EMA tensors.
     """
     from ldm.models.diffusion.ddpm_module import DDPM
 
-    if not (isinstance(model, DDPM) and model.use_ema):
-        scope = getattr(model, "ema_scope", None)
-        with (scope() if scope is not None else contextlib.nullcontext()):
+    if isinstance(model, DDPM) and model.use_ema:
+        with model.model_ema.pointed_to(model.model):
             yield
         return
-    ema = model.model_ema
-    shadows = dict(ema.named_buffers())
-    held = []
-    for key, param in model.model.named_parameters():  # as LitEma.copy_to
-        if not param.requires_grad:
-            if key in ema.m_name2s_name:
-                raise KeyError(f"LitEma: parameter {key!r} has a shadow copy but is frozen now")
-            continue
-        shadow = shadows[ema.m_name2s_name[key]].data
-        if (shadow.dtype, shadow.shape, shadow.stride(), shadow.device) != \
-                (param.dtype, param.shape, param.stride(), param.device):
-            shadow = torch.empty_like(param.data).copy_(shadow)
-        held.append((param, param.data))
-        param.data = shadow
-    try:
+    scope = getattr(model, "ema_scope", None)
+    with (scope() if scope is not None else contextlib.nullcontext()):
         yield
-    finally:
-        for param, data in held:
-            param.data = data
