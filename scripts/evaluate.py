@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = S.parse_metrics(opt.metrics)
     for name in ("batch_size", "isc_splits", "kid_subsets", "kid_subset_size", "prc_neighborhood"):
         check_positive(f"--{name}", getattr(opt, name))
-    from ldm.evaluation.evaluate import TWO_SET_METRICS, Settings, evaluate, format_table, inception_layers, write_json
+    from ldm.evaluation.evaluate import TWO_SET_METRICS, Settings, evaluate, format_table, inception_layers, report
     from ldm.evaluation.inception import InceptionFeatures
     from ldm.evaluation.inputs import check_pair, open_image_set
     from ldm.scripting.loading import choose_device
@@ -109,10 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = evaluate(samples, reference, extractor, settings, cache_dir=cache_dir, batch_size=opt.batch_size,
                       progress=not opt.no_progress, dinov2=dinov2, clip=clip)
     print(format_table(result))
-    for warning in result["warnings"]:
-        print(f"note: {warning}")
-    if opt.out:
-        print(f"wrote {write_json(result, opt.out)}")
+    report(result, opt.out)
     return result
 
 

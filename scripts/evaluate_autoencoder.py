@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
         check_positive("--num_images", opt.num_images)
     from ldm.evaluation import zoo
     from ldm.evaluation.autoencoder import dataset_images, evaluate_autoencoder, perceptual_metric
-    from ldm.evaluation.evaluate import write_json
+    from ldm.evaluation.evaluate import report
     from ldm.evaluation.inception import InceptionFeatures
     from ldm.scripting.inputs import load_config, require_file
     from ldm.scripting.loading import choose_device, load_model
@@ -90,10 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
             line += f" {ref_text:>16}"
         print(line)
     print(f"{result['num_images']} images at {opt.size}x{opt.size}")
-    for warning in result["warnings"]:
-        print(f"note: {warning}")
-    if opt.out:
-        print(f"wrote {write_json(result, opt.out)}")
+    report(result, opt.out)
     return result
 
 

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     opt = get_parser().parse_args(argv)
     logging.getLogger("ldm.evaluation.zoo").setLevel(logging.INFO)  # says how many batches a resumed run keeps
     from ldm.evaluation import zoo
-    from ldm.evaluation.evaluate import Settings, evaluate, format_table, inception_layers, plan, write_json
+    from ldm.evaluation.evaluate import Settings, evaluate, format_table, inception_layers, plan, report
     from ldm.evaluation.inception import InceptionFeatures
     from ldm.evaluation.inputs import check_pair, open_image_set
     from ldm.scripting.inputs import first_stage_factor, load_config, read_prompts, require_file
@@ -125,9 +125,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     print(f"{row['name']}: {row['dataset']}, {row['task']}, {row['model']} "
           f"({result['num_samples']} samples against {result['num_reference']} reference images)")
     print(format_table(result, published))
-    for warning in result["warnings"]:
-        print(f"note: {warning}")
-    print(f"wrote {write_json(result, outdir / 'results.json')}")
+    report(result, outdir / "results.json")
     return result
 
 

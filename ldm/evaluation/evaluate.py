@@ -266,3 +266,11 @@ def write_json(result: dict[str, Any], path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(result, indent=2, default=float) + "\n", encoding="utf-8")
     return Path(path)
+
+
+def report(result: dict[str, Any], out: str | os.PathLike | None) -> None:
+    """Print the result's warnings as ``note:`` lines and, when ``out`` is given, write it there as JSON."""
+    for warning in result["warnings"]:
+        print(f"note: {warning}")
+    if out:
+        print(f"wrote {write_json(result, out)}")
