@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from test_main import config_with_image_folder
 
 CONFIG = REPO / "tests" / "configs" / "train" / "ldm_uncond_tiny.yaml"
 
@@ -89,26 +90,15 @@ def test_yaml_whose_top_level_is_a_list(tmp_path):
     assert f"config file '{listed}' holds a ListConfig at the top level; expected a mapping" in message
 
 
-def _data_override(tmp_path: Path, root: Path) -> Path:
-    """A copy of the tiny config whose training data is an image folder or file list at ``root``."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(CONFIG)
-    cfg.data.params.train = {"target": "ldm.data.custom.ImageFolderDataset", "params": {"root": str(root), "size": 16}}
-    path = tmp_path / "data.yaml"
-    OmegaConf.save(cfg, path)
-    return path
-
-
 def test_empty_image_folder(tmp_path):
     empty = tmp_path / "images"
     empty.mkdir()
-    message = _main_error(tmp_path, "-b", str(_data_override(tmp_path, empty)))
+    message = _main_error(tmp_path, "-b", str(config_with_image_folder(tmp_path, empty, CONFIG)))
     assert f"no images found in folder '{empty}'" in message and "data config in" in message
 
 
 def test_file_list_naming_missing_files(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("missing_one.png\n")
-    message = _main_error(tmp_path, "-b", str(_data_override(tmp_path, listing)))
+    message = _main_error(tmp_path, "-b", str(config_with_image_folder(tmp_path, listing, CONFIG)))
     assert "missing_one.png" in message and "data config in" in message

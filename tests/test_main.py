@@ -151,10 +151,11 @@ def test_sigkill_leaves_a_loadable_checkpoint_and_run_resumes(tmp_path):
 
 # Bad input: each fails before training, with a message naming the problem.
 
-def config_with_image_folder(tmp_path: Path, root: Path) -> Path:
+def config_with_image_folder(tmp_path: Path, root: Path, base: Path = CONFIGS / "autoencoder_kl_tiny.yaml") -> Path:
+    """``base`` with its training data replaced by the images of folder ``root``, saved under ``tmp_path``."""
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(CONFIGS / "autoencoder_kl_tiny.yaml")
+    cfg = OmegaConf.load(base)
     cfg.data.params.train = {"target": "ldm.data.custom.ImageFolderDataset", "params": {"root": str(root), "size": 16}}
     path = tmp_path / "folder.yaml"
     OmegaConf.save(cfg, path)

@@ -5,25 +5,16 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from test_scripts import CONFIGS, build_checkpoint, forbid_model_loading, make_inpainting_pairs, script, \
-    write_bert_tokenizer
+from test_scripts import CONFIGS, forbid_model_loading, make_inpainting_pairs, script, \
+    txt2img_ckpt  # noqa: F401 - the fixture is used by name
 
 from ldm.scripting import cli, outputs
-
-
-@pytest.fixture(scope="module")
-def txt2img_model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("txt2img")
-    tokenizer = write_bert_tokenizer(root / "bert")
-    return build_checkpoint("tiny-txt2img.yaml", root / "model",
-                            {"model.params.cond_stage_config.params.tokenizer_path": str(tokenizer)})
 
 
 def _run_script(name: str, argv: list[str], monkeypatch, capsys) -> str:
@@ -73,8 +64,8 @@ def test_run_folders_started_in_the_same_second_differ(tmp_path):
     assert first != second and first.is_dir() and second.is_dir()
 
 
-def test_txt2img_runs_into_one_folder_keep_every_sample(txt2img_model, tmp_path):
-    config, ckpt = txt2img_model
+def test_txt2img_runs_into_one_folder_keep_every_sample(txt2img_ckpt, tmp_path):
+    config, ckpt = txt2img_ckpt
     outdir = tmp_path / "out"
     (outdir / "samples").mkdir(parents=True)
     (outdir / "samples" / "0001.png").write_bytes(b"written by a run still going")  # count 1 -> would take 0001
@@ -96,8 +87,8 @@ def test_txt2img_runs_into_one_folder_keep_every_sample(txt2img_model, tmp_path)
     ("empty", "is empty (0 bytes)"),
     ("malicious", "refused to load 'posix.system'"),
 ])
-def test_bad_checkpoints_give_one_line(txt2img_model, tmp_path, monkeypatch, capsys, damage, expected):
-    config, ckpt = txt2img_model
+def test_bad_checkpoints_give_one_line(txt2img_ckpt, tmp_path, monkeypatch, capsys, damage, expected):
+    config, ckpt = txt2img_ckpt
     bad = tmp_path / "model.ckpt"
     marker = tmp_path / "pwned"
     if damage == "truncated":
@@ -117,8 +108,8 @@ def test_bad_checkpoints_give_one_line(txt2img_model, tmp_path, monkeypatch, cap
     assert not marker.exists()
 
 
-def test_bad_arguments_are_found_before_the_model_loads(txt2img_model, tmp_path, monkeypatch, capsys):
-    config, ckpt = txt2img_model
+def test_bad_arguments_are_found_before_the_model_loads(txt2img_ckpt, tmp_path, monkeypatch, capsys):
+    config, ckpt = txt2img_ckpt
     forbid_model_loading(monkeypatch)
     common = ["--config", str(config), "--ckpt", str(ckpt), "--H", "16", "--W", "16"]
     a_file = tmp_path / "a_file"
