@@ -357,3 +357,56 @@ def test_feed_forward_in_chunks_at_inference_gives_the_same_tokens(monkeypatch):
     assert chunked.shape == whole.shape == (2, 50, 16)
     y = ff(x)  # with gradients: one pass, so that backward sees the usual graph
     assert y.grad_fn is not None and y.grad_fn.name() != "CatBackward0"
+
+
+@pytest.mark.parametrize("kernel,stride,padding,bias", [(3, 1, 1, True), (3, 2, 1, True), (3, 1, 0, False),
+                                                         (1, 1, 0, True), ((3, 1), (2, 1), (1, 0), True)])
+def test_conv2d_as_gemm_matches_the_convolution_forward_and_backward(kernel, stride, padding, bias):
+    from ldm.modules.diffusionmodules.util import conv2d_as_gemm
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, kernel, stride=stride, padding=padding, bias=bias).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 6, 7, 5).contiguous(memory_format=torch.channels_last)
+    grads = []
+    for fn in (conv, lambda t: conv2d_as_gemm(t, conv.weight, conv.bias, conv.stride, conv.padding)):
+        xi = x.clone().requires_grad_(True)
+        out = fn(xi)
+        params = [xi, *conv.parameters()]
+        grads.append((out, torch.autograd.grad(out.square().sum(), params)))
+    (ref, ref_grads), (out, out_grads) = grads
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    for g, r in zip(out_grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_runs_as_gemm_only_for_large_weights_on_small_float32_maps():
+    from ldm.modules.diffusionmodules.util import Conv2d
+
+    with torch.device("meta"):  # the decision needs shapes only
+        big = Conv2d(1280, 1280, 3, padding=1).to(memory_format=torch.channels_last)
+        down = Conv2d(1280, 1280, 3, stride=2, padding=1).to(memory_format=torch.channels_last)
+        small = Conv2d(640, 640, 3, padding=1).to(memory_format=torch.channels_last)
+        plain = Conv2d(1280, 1280, 3, padding=1)
+    assert big._as_gemm(torch.empty(2, 1280, 8, 8)) and big._as_gemm(torch.empty(2, 1280, 4, 4))
+    assert not big._as_gemm(torch.empty(2, 1280, 16, 16))  # 512 positions: oneDNN
+    assert down._as_gemm(torch.empty(2, 1280, 16, 16))  # 128 output positions
+    assert not small._as_gemm(torch.empty(2, 640, 8, 8))
+    assert not plain._as_gemm(torch.empty(2, 1280, 8, 8))  # a contiguous-format weight would be copied
+    assert not big._as_gemm(torch.empty(2, 1280, 8, 8, dtype=torch.bfloat16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not big._as_gemm(torch.empty(2, 1280, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["unet_crossattn", "unet_adm_scale_shift"])
+def test_unet_parity_with_every_convolution_as_gemm(name, monkeypatch):
+    """The golden outputs and input gradients of the original hold when every 2-D convolution is one GEMM."""
+    from ldm.modules.diffusionmodules import util
+
+    monkeypatch.setattr(util, "GEMM_CONV_MIN_WEIGHT", 0)
+    monkeypatch.setattr(util, "GEMM_CONV_MAX_POSITIONS", 1 << 30)
+    calls = []
+    as_gemm = util.conv2d_as_gemm
+    monkeypatch.setattr(util, "conv2d_as_gemm", lambda *a: calls.append(1) or as_gemm(*a))
+    test_unet_parity(name)
+    assert len(calls) > 0
