@@ -281,8 +281,8 @@ class ResBlock(TimestepBlock):
         return self.skip_connection(x) + h  # (B, C_out, H', W')
 
 
-class QKVAttentionLegacy(nn.Module):
-    """Multi-head attention on a packed (B, heads * 3 * C, T) qkv tensor, heads outermost (ADM's legacy order)."""
+class _PackedQKVAttention(nn.Module):
+    """Multi-head attention on a packed (B, 3 * heads * C, T) qkv tensor; subclasses say how it is packed."""
 
     def __init__(
         self,
@@ -296,41 +296,32 @@ class QKVAttentionLegacy(nn.Module):
         if width % (3 * self.n_heads):
             raise ValueError(f"qkv width {width} is not divisible by 3 * n_heads = {3 * self.n_heads}")
         return _packed_attention(*self.split_heads(qkv.transpose(1, 2))).transpose(1, 2)  # (B, h*C, T)
+
+    @abstractmethod
+    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Views ``(B, T, h, C)`` of q, k, v in packed ``(B, T, 3 * h * C)`` tokens."""
+
+    @staticmethod
+    def count_flops(model: nn.Module, _x: Any, y: tuple[torch.Tensor]) -> None:
+        count_flops_attn(model, _x, y)
+
+
+class QKVAttentionLegacy(_PackedQKVAttention):
+    """Multi-head attention on a packed (B, heads * 3 * C, T) qkv tensor, heads outermost (ADM's legacy order)."""
 
     def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Views ``(B, T, h, C)`` of q, k, v in packed ``(B, T, h * 3 * C)`` tokens, heads outermost."""
         qkv = qkv.unflatten(-1, (self.n_heads, 3, -1))  # (B, T, h, 3, C)
         return qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
 
-    @staticmethod
-    def count_flops(model: nn.Module, _x: Any, y: tuple[torch.Tensor]) -> None:
-        count_flops_attn(model, _x, y)
 
-
-class QKVAttention(nn.Module):
+class QKVAttention(_PackedQKVAttention):
     """Multi-head attention on a packed (B, 3 * heads * C, T) qkv tensor, q/k/v outermost (the new order)."""
-
-    def __init__(
-        self,
-        n_heads: int,  # attention heads
-    ) -> None:
-        super().__init__()
-        self.n_heads = n_heads
-
-    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
-        bs, width, length = qkv.shape
-        if width % (3 * self.n_heads):
-            raise ValueError(f"qkv width {width} is not divisible by 3 * n_heads = {3 * self.n_heads}")
-        return _packed_attention(*self.split_heads(qkv.transpose(1, 2))).transpose(1, 2)  # (B, h*C, T)
 
     def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Views ``(B, T, h, C)`` of q, k, v in packed ``(B, T, 3 * h * C)`` tokens, q/k/v outermost."""
         qkv = qkv.unflatten(-1, (3, self.n_heads, -1))  # (B, T, 3, h, C)
         return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-
-    @staticmethod
-    def count_flops(model: nn.Module, _x: Any, y: tuple[torch.Tensor]) -> None:
-        count_flops_attn(model, _x, y)
 
 
 def _packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
