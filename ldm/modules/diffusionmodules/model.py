@@ -14,10 +14,9 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
-from ldm.modules.attention import LinearAttention
+from ldm.modules.attention import LinearAttention, SpatialSelfAttention
 
 logger = logging.getLogger(__name__)
 
@@ -128,29 +127,8 @@ class ResnetBlock(nn.Module):
         return x + h
 
 
-class AttnBlock(nn.Module):
+class AttnBlock(SpatialSelfAttention):
     """Single-head spatial self-attention over all ``H * W`` positions, with a residual connection."""
-
-    def __init__(self,
-                 in_channels: int,  # channels in and out (also the attention width)
-                 ):
-        super().__init__()
-        self.in_channels = in_channels
-        self.norm = Normalize(in_channels)
-        self.q = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
-        self.k = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
-        self.v = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
-        self.proj_out = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h_ = self.norm(x)
-        b, c, h, w = x.shape
-        q = rearrange(self.q(h_), "b c h w -> b 1 (h w) c")  # (B, 1, HW, C)
-        k = rearrange(self.k(h_), "b c h w -> b 1 (h w) c")  # (B, 1, HW, C)
-        v = rearrange(self.v(h_), "b c h w -> b 1 (h w) c")  # (B, 1, HW, C)
-        h_ = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C), softmax(q k^T / sqrt(C)) v
-        h_ = rearrange(h_, "b 1 (h w) c -> b c h w", h=h, w=w)  # (B, C, H, W)
-        return x + self.proj_out(h_)
 
 
 class LinAttnBlock(LinearAttention):
