@@ -92,22 +92,9 @@ class AdversarialAutoencoder(pl.LightningModule):
     # ---------------------------------------------------------------------------------------- shared
     def init_from_ckpt(self, path: str, ignore_keys: Sequence[str] | None = None) -> None:
         """Load weights from a checkpoint (.ckpt, .pt or .safetensors), dropping keys that start with ``ignore_keys``."""
-        from ldm.checkpoint import check_weights_fit, load_state_dict
+        from ldm.checkpoint import restore_weights
 
-        sd = load_state_dict(path)
-        for k in list(sd.keys()):
-            for ik in ignore_keys or ():
-                if k.startswith(ik):
-                    logger.info("Deleting key %s from state_dict.", k)
-                    del sd[k]
-                    break
-        check_weights_fit(self, sd, path)
-        missing, unexpected = self.load_state_dict(sd, strict=False)
-        logger.info("Restored from %s with %d missing and %d unexpected keys", path, len(missing), len(unexpected))
-        if missing:
-            logger.info("Missing Keys: %s", missing)
-        if unexpected:
-            logger.info("Unexpected Keys: %s", unexpected)
+        restore_weights(self, path, ignore_keys)
 
     def get_input(self, batch: Mapping[str, torch.Tensor], k: str) -> torch.Tensor:
         """``batch[k]`` as a contiguous float ``(B, C, H, W)`` tensor (from ``(B, H, W, C)`` or ``(B, H, W)``)."""

@@ -20,7 +20,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchvision.utils import make_grid
 
-from ldm.checkpoint import check_weights_fit, load_state_dict
+from ldm.checkpoint import restore_weights
 from ldm.models.diffusion.sampling import DDPMSampler
 from ldm.models.diffusion.schedule import GaussianDiffusionMixin, validate_parameterization
 from ldm.models.diffusion.wrapper import DiffusionWrapper
@@ -50,20 +50,6 @@ def disabled_train(self: nn.Module, mode: bool = True) -> nn.Module:
 def uniform_on_device(r1: float, r2: float, shape: Sequence[int], device: torch.device | str) -> torch.Tensor:
     """Uniform samples from the interval between ``r2`` and ``r1``, drawn on ``device``."""
     return (r1 - r2) * torch.rand(*shape, device=device) + r2
-
-
-def drop_ignored_keys(sd: dict[str, torch.Tensor], ignore_keys: Sequence[str] | None) -> dict[str, torch.Tensor]:
-    """``sd`` without the keys that start with any prefix in ``ignore_keys``."""
-    prefixes = tuple(ignore_keys or ())
-    if not prefixes:
-        return sd
-    kept = {}
-    for k, v in sd.items():
-        if k.startswith(prefixes):
-            log_info("Deleting key %s from state_dict.", k)
-        else:
-            kept[k] = v
-    return kept
 
 
 class DDPM(GaussianDiffusionMixin, pl.LightningModule):
@@ -166,15 +152,7 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
 
     def init_from_ckpt(self, path: str, ignore_keys: Sequence[str] | None = None, only_model: bool = False) -> None:
         """Load a checkpoint non-strictly (after dropping ``ignore_keys`` prefixes) and log what was missing."""
-        sd = drop_ignored_keys(load_state_dict(path), ignore_keys)
-        target = self.model if only_model else self
-        check_weights_fit(target, sd, path)
-        missing, unexpected = target.load_state_dict(sd, strict=False)
-        log_info("Restored from %s with %d missing and %d unexpected keys", path, len(missing), len(unexpected))
-        if missing:
-            log_info("Missing Keys: %s", missing)
-        if unexpected:
-            log_info("Unexpected Keys: %s", unexpected)
+        restore_weights(self.model if only_model else self, path, ignore_keys, log=log_info)
 
     # ------------------------------------------------------------------ reverse process
     def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
