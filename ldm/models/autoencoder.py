@@ -25,7 +25,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.vqvae.quantize import VectorQuantizer2 as VectorQuantizer
-from ldm.util import instantiate_from_config
+from ldm.util import channels_first, instantiate_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +98,7 @@ class AdversarialAutoencoder(pl.LightningModule):
 
     def get_input(self, batch: Mapping[str, torch.Tensor], k: str) -> torch.Tensor:
         """``batch[k]`` as a contiguous float ``(B, C, H, W)`` tensor (from ``(B, H, W, C)`` or ``(B, H, W)``)."""
-        x = batch[k]
-        if x.ndim == 3:
-            x = x[..., None]  # (B, H, W, 1)
-        return x.permute(0, 3, 1, 2).to(memory_format=torch.contiguous_format).float()  # (B, C, H, W)
+        return channels_first(batch[k])
 
     def get_last_layer(self) -> torch.Tensor:
         """The decoder's output convolution weight, where the loss balances reconstruction and GAN gradients."""

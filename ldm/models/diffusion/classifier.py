@@ -25,7 +25,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from ldm.checkpoint import restore_weights
 from ldm.models.diffusion.ddpm_module import DEFAULT_LEARNING_RATE, disabled_train
 from ldm.modules.diffusionmodules.openaimodel import EncoderUNetModel, UNetModel
-from ldm.util import instantiate_from_config, ismap, log_txt_as_img
+from ldm.util import channels_first, instantiate_from_config, ismap, log_txt_as_img
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +116,8 @@ class NoisyLatentImageClassifier(pl.LightningModule):
 
     @torch.no_grad()
     def get_input(self, batch: Mapping[str, Any], k: str) -> torch.Tensor:
-        x = batch[k]
-        if len(x.shape) == 3:
-            x = x[..., None]
-        x = rearrange(x, "b h w c -> b c h w")
-        return x.to(memory_format=torch.contiguous_format).float()
+        """``batch[k]`` as a float (B, C, H, W) tensor; the data loaders deliver (B, H, W[, C])."""
+        return channels_first(batch[k])
 
     @torch.no_grad()
     def get_conditioning(self, batch: Mapping[str, Any], k: str | None = None) -> torch.Tensor:

@@ -25,7 +25,7 @@ from ldm.models.diffusion.sampling import DDPMSampler
 from ldm.models.diffusion.schedule import GaussianDiffusionMixin, validate_parameterization
 from ldm.models.diffusion.wrapper import DiffusionWrapper
 from ldm.modules.ema import LitEma
-from ldm.util import count_params, instantiate_from_config
+from ldm.util import channels_first, count_params, instantiate_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -214,11 +214,7 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
 
     def get_input(self, batch: Mapping[str, Any], k: str) -> torch.Tensor:
         """``batch[k]`` as a float (B, C, H, W) tensor; the data loaders deliver (B, H, W[, C])."""
-        x = batch[k]
-        if len(x.shape) == 3:
-            x = x[..., None]
-        x = rearrange(x, "b h w c -> b c h w")
-        return x.to(memory_format=torch.contiguous_format).float()
+        return channels_first(batch[k])
 
     def shared_step(self, batch: Mapping[str, Any]):
         x = self.get_input(batch, self.first_stage_key)
