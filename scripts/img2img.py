@@ -122,11 +122,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     import torch
     from tqdm import trange
 
-    from ldm.models.diffusion.sampling import make_sampler
     from ldm.scripting import loading, outputs
 
-    model, _ = loading.load_model(config, files.ckpt, device, compile_unet=opt.compile)
-    sampler = make_sampler(sampler_name, model)
+    model, sampler = loading.load_sampling_model(config, files.ckpt, device, sampler_name, compile_unet=opt.compile)
     steps = None if sampler_name == "ddpm" else opt.ddim_steps  # ddpm: strength applies to every training step
     if steps is None:
         t_enc = max(1, int(opt.strength * model.num_timesteps))
@@ -135,7 +133,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     n = opt.n_samples
     loading.seed_everything(opt.seed)
     all_samples = []
-    with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
+    with loading.sampling_scope(model, opt.precision, device):
         init_latent = model.get_first_stage_encoding(model.encode_first_stage(to_tensor(init_image).to(device)))
         init_latent = init_latent.repeat(n, 1, 1, 1)  # (n, C, h, w)
         c, uc = None, None
@@ -152,10 +150,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             samples = sampler.img2img(init_latent, steps, t_enc, c, eta=opt.ddim_eta, unconditional_guidance_scale=scale,
                                       unconditional_conditioning=uc, verbose=False)
             x_samples = outputs.decode_to_unit(model, samples)
-            for x_sample in x_samples:
-                path, base_count = outputs.claim(sample_path, "{:04}.png".format, base_count)
-                summary.add(outputs.save_image(x_sample, path))
-                base_count += 1
+            base_count = outputs.save_samples(x_samples, sample_path, "{:04}.png".format, base_count, summary)
             all_samples.append(x_samples)
     summary.add(outputs.save_grid(all_samples, outputs.claim(opt.outdir, "grid-{:04}.png".format, grid_count)[0], nrow=n))
     summary.print()

@@ -120,18 +120,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
     check_sizes(pairs, inputs.first_stage_factor(config.model) * inputs.unet_factor(config.model))
     print(f"Found {len(pairs)} inputs.")
     sampler_name, device = cli.prepare_sampling(opt, config, files.ckpt, opt.steps, "--steps")
-    import torch
     from tqdm import tqdm
 
-    from ldm.models.diffusion.sampling import make_sampler
     from ldm.scripting import loading, outputs
 
-    model, _ = loading.load_model(config, files.ckpt, device, compile_unet=opt.compile)
-    sampler = make_sampler(sampler_name, model)
+    model, sampler = loading.load_sampling_model(config, files.ckpt, device, sampler_name, compile_unet=opt.compile)
     os.makedirs(opt.outdir, exist_ok=True)
     summary = outputs.OutputSummary()
     loading.seed_everything(opt.seed)
-    with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
+    with loading.sampling_scope(model, opt.precision, device):
         for image, mask in tqdm(pairs, desc="Inpainting"):
             batch = make_batch(image, mask, device=device)
             inpainted = inpaint_batch(model, sampler_name, sampler, batch, opt.steps)

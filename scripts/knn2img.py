@@ -14,7 +14,6 @@ round to ``<outdir>/grid-NNNN.png``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -93,7 +92,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
     import torch
     from tqdm import tqdm, trange
 
-    from ldm.models.diffusion.sampling import make_sampler
     from ldm.scripting import loading, outputs, samplers
 
     searcher = None
@@ -104,15 +102,13 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     clip_text_encoder = FrozenCLIPTextEmbedder(opt.clip_type, n_repeat=opt.n_repeat).to(device)
     clip_text_encoder.load()
-    model, _ = loading.load_model(config, files.ckpt, device, compile_unet=opt.compile)
-    sampler = make_sampler(sampler_name, model)
-    os.makedirs(opt.outdir, exist_ok=True)
+    model, sampler = loading.load_sampling_model(config, files.ckpt, device, sampler_name, compile_unet=opt.compile)
     sample_path, base_count, grid_count = outputs.prepare_outdir(opt.outdir)
     summary = outputs.OutputSummary()
     print(f"sampling scale for cfg is {opt.scale:.2f}")
     loading.seed_everything(opt.seed)
 
-    with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
+    with loading.sampling_scope(model, opt.precision, device):
         for _ in trange(opt.n_iter, desc="Sampling"):
             all_samples = []
             for prompts in tqdm(data, desc="data"):
@@ -126,10 +122,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                                conditioning=c, eta=opt.ddim_eta, sampler=sampler,
                                                unconditional_guidance_scale=opt.scale, unconditional_conditioning=uc)
                 x_samples = outputs.decode_to_unit(model, samples)
-                for x_sample in x_samples:
-                    path, base_count = outputs.claim(sample_path, "{:05}.png".format, base_count)
-                    summary.add(outputs.save_image(x_sample, path))
-                    base_count += 1
+                base_count = outputs.save_samples(x_samples, sample_path, "{:05}.png".format, base_count, summary)
                 all_samples.append(x_samples)
             if not opt.skip_grid:
                 grid_path, grid_count = outputs.claim(opt.outdir, "grid-{:04}.png".format, grid_count)

@@ -75,17 +75,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
     import torch
     from tqdm import tqdm
 
-    from ldm.models.diffusion.sampling import make_sampler
     from ldm.scripting import loading, outputs, samplers
 
-    model, _ = loading.load_model(config, files.ckpt, device, compile_unet=opt.compile)
-    sampler = make_sampler(sampler_name, model)
+    model, sampler = loading.load_sampling_model(config, files.ckpt, device, sampler_name, compile_unet=opt.compile)
     sample_path, base_count, grid_count = outputs.prepare_outdir(opt.outdir)
     summary = outputs.OutputSummary()
     n = opt.n_samples_per_class
     loading.seed_everything(opt.seed)
     all_samples = []
-    with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
+    with loading.sampling_scope(model, opt.precision, device):
         uc = None
         if opt.scale != 1.0:
             uc = model.get_learned_conditioning({cond_key: torch.tensor(n * [opt.uncond_class], device=device)})
@@ -95,10 +93,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                            eta=opt.ddim_eta, sampler=sampler, unconditional_guidance_scale=opt.scale,
                                            unconditional_conditioning=uc)
             x_samples = outputs.decode_to_unit(model, samples)
-            for x_sample in x_samples:
-                path, base_count = outputs.claim(sample_path, lambda i: f"class{class_label:04}_{i:04}.png", base_count)
-                summary.add(outputs.save_image(x_sample, path))
-                base_count += 1
+            base_count = outputs.save_samples(x_samples, sample_path, lambda i: f"class{class_label:04}_{i:04}.png",
+                                              base_count, summary)
             all_samples.append(x_samples)
     summary.add(outputs.save_grid(all_samples, outputs.claim(opt.outdir, "grid-{:04}.png".format, grid_count)[0], nrow=n))
     summary.print()

@@ -141,7 +141,6 @@ def run(model: torch.nn.Module, sampler_name: str, imglogdir: str, numpylogdir: 
         summary: Any) -> None:
     """Draw ``opt.n_samples`` samples in batches; write each as PNG and all of them as one .npz."""
     import numpy as np
-    import torch
     from tqdm import trange
 
     from ldm.models.diffusion.sampling import make_sampler
@@ -162,7 +161,7 @@ def run(model: torch.nn.Module, sampler_name: str, imglogdir: str, numpylogdir: 
     print(f"Running unconditional sampling for {opt.n_samples} samples")
     for i in trange(len(batch_sizes), desc="Sampling Batches (unconditional)"):
         bs = batch_sizes[i]
-        with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
+        with loading.sampling_scope(model, opt.precision, device):
             t0 = time.time()
             samples = samplers.run_sampler(sampler_name, model, opt.custom_steps, bs, shape, eta=opt.eta,
                                            sampler=sampler)

@@ -82,19 +82,16 @@ def main(argv: list[str] | None = None) -> list[Path]:
                              f"latent's size, i.e. a first-stage factor of {UPSCALE}")
         geometry[path] = (lh, lw)
     sampler_name, device = cli.prepare_sampling(opt, config, files.ckpt, opt.ddim_steps, eta=opt.ddim_eta)
-    import torch
     from tqdm import tqdm
 
-    from ldm.models.diffusion.sampling import make_sampler
     from ldm.scripting import loading, outputs, samplers
 
-    model, _ = loading.load_model(config, files.ckpt, device, compile_unet=opt.compile)
-    sampler = make_sampler(sampler_name, model)
+    model, sampler = loading.load_sampling_model(config, files.ckpt, device, sampler_name, compile_unet=opt.compile)
     os.makedirs(opt.outdir, exist_ok=True)
     summary = outputs.OutputSummary()
     channels = inputs.latent_channels(config.model)
     loading.seed_everything(opt.seed)
-    with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
+    with loading.sampling_scope(model, opt.precision, device):
         for path in tqdm(low_res, desc="Super-resolution"):
             c = model.get_learned_conditioning(load_low_res(path, device))  # (1, 3, h, w)
             samples = samplers.run_sampler(sampler_name, model, opt.ddim_steps, 1, [channels, *geometry[path]],

@@ -61,19 +61,16 @@ def main(argv: list[str] | None = None) -> list[Path]:
     h, w = inputs.latent_size(config.model, opt.H, opt.W)
     shape = [inputs.latent_channels(config.model), h, w]
     sampler_name, device = cli.prepare_sampling(opt, config, files.ckpt, opt.ddim_steps, eta=opt.ddim_eta)
-    import torch
     from tqdm import tqdm
 
-    from ldm.models.diffusion.sampling import make_sampler
     from ldm.scripting import loading, outputs, samplers
 
-    model, _ = loading.load_model(config, files.ckpt, device, compile_unet=opt.compile)
-    sampler = make_sampler(sampler_name, model)
+    model, sampler = loading.load_sampling_model(config, files.ckpt, device, sampler_name, compile_unet=opt.compile)
     sample_path, base_count, _ = outputs.prepare_outdir(opt.outdir)
     summary = outputs.OutputSummary()
     loading.seed_everything(opt.seed)
 
-    with torch.no_grad(), loading.ema_weights(model), loading.precision_scope(opt.precision, device):
+    with loading.sampling_scope(model, opt.precision, device):
         uc = None
         if opt.scale != 1.0:
             uc = model.get_learned_conditioning(opt.n_samples * [""])
@@ -86,10 +83,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                                unconditional_guidance_scale=opt.scale,
                                                unconditional_conditioning=uc)
                 x_samples = outputs.decode_to_unit(model, samples)
-                for x_sample in x_samples:
-                    path, base_count = outputs.claim(sample_path, "{:04}.png".format, base_count)
-                    summary.add(outputs.save_image(x_sample, path))
-                    base_count += 1
+                base_count = outputs.save_samples(x_samples, sample_path, "{:04}.png".format, base_count, summary)
                 all_samples.append(x_samples)
             grid_path = outputs.claim_unique(os.path.join(opt.outdir, outputs.prompt_filename(prompt)))
             summary.add(outputs.save_grid(all_samples, grid_path, nrow=opt.n_samples))

@@ -315,10 +315,12 @@ def test_lsun_file_list(tmp_path):
         LSUNBase(str(listing), str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="interpolation"):
         LSUNBase(str(listing), str(tmp_path / "churches"), interpolation="cubic")
+    with pytest.raises(ValueError, match="LSUNBase needs txt_file and data_root"):
+        LSUNBase(data_root=str(tmp_path / "churches"))
 
 
 def test_faces_file_lists(tmp_path):
-    from ldm.data.faceshq import CelebAHQTrain, FFHQValidation
+    from ldm.data.faceshq import CelebAHQTrain, FacesBase, FFHQValidation
     from ldm.util import get_obj_from_str
 
     assert get_obj_from_str("taming.data.faceshq.FFHQTrain").__module__ == "ldm.data.faceshq"
@@ -336,6 +338,8 @@ def test_faces_file_lists(tmp_path):
     assert list(ex) == ["image"] and ex["image"].shape == (8, 8, 3) and np.allclose(ex["image"], 1.0)
     with pytest.raises(FileNotFoundError, match="ffhqtrain.txt"):
         get_obj_from_str("taming.data.faceshq.FFHQTrain")(size=256)
+    with pytest.raises(ValueError, match="FacesBase needs txt_file and root"):
+        FacesBase(size=8, root=str(tmp_path / "ffhq"))
 
 
 def test_openimages_and_landscapes(tmp_path):

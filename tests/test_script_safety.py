@@ -58,6 +58,15 @@ def test_claims_skip_names_taken_since_the_folder_was_counted(tmp_path):
     assert outputs.claim_unique(tmp_path / "0000.png").name == "0000-1.png"
 
 
+def test_save_samples_numbers_past_taken_names(tmp_path):
+    (tmp_path / "0001.png").write_bytes(b"taken")
+    summary = outputs.OutputSummary()
+    next_index = outputs.save_samples(torch.rand(3, 3, 4, 4), tmp_path, "{:04}.png".format, 0, summary)
+    assert next_index == 4 and [p.name for p in summary.paths] == ["0000.png", "0002.png", "0003.png"]
+    assert (tmp_path / "0001.png").read_bytes() == b"taken"
+    assert all(Image.open(p).size == (4, 4) for p in summary.paths)
+
+
 def test_run_folders_started_in_the_same_second_differ(tmp_path):
     first = outputs.claim_dir(tmp_path / "samples" / "00000100" / "2026-01-01-00-00-00")
     second = outputs.claim_dir(tmp_path / "samples" / "00000100" / "2026-01-01-00-00-00")

@@ -20,15 +20,24 @@ from ldm.data.base import ImagePaths, check_size, read_lines, resolve_path
 
 
 class FacesBase(Dataset):
-    """Images listed in ``txt_file`` (paths relative to ``root``), optionally reduced to ``keys``."""
+    """Images listed in ``txt_file`` (paths relative to ``root``), optionally reduced to ``keys``. Each
+    split's class below sets the defaults of ``txt_file`` and ``root`` through ``TXT_FILE`` and ``ROOT``."""
+
+    TXT_FILE: str | None = None                      # default txt_file (None: it must be given)
+    ROOT: str | None = None                          # default root (None: it must be given)
 
     def __init__(
         self,
         size: int | None,                            # output side length
         keys: Sequence[str] | None = None,           # keep only these example keys (None: all)
-        txt_file: str = "",                          # file list, one path per line relative to root
-        root: str = "",                              # folder holding the images
+        txt_file: str | None = None,                 # file list, one path per line relative to root
+        root: str | None = None,                     # folder holding the images
     ):
+        txt_file = self.TXT_FILE if txt_file is None else txt_file
+        root = self.ROOT if root is None else root
+        if txt_file is None or root is None:
+            raise ValueError(f"{type(self).__name__} needs txt_file and root; got txt_file={txt_file!r}, "
+                             f"root={root!r}")
         check_size(size)
         relpaths = read_lines(txt_file, f"one image path per line, relative to {root!r}")
         root_dir = resolve_path(root)
@@ -53,52 +62,28 @@ class FacesBase(Dataset):
 
 
 class CelebAHQTrain(FacesBase):
-    """CelebA-HQ training images (``data/celebahqtrain.txt``, ``data/celebahq``)."""
+    """CelebA-HQ training images."""
 
-    def __init__(
-        self,
-        size: int | None,                            # output side length
-        keys: Sequence[str] | None = None,           # keep only these example keys
-        txt_file: str = "data/celebahqtrain.txt",    # file list
-        root: str = "data/celebahq",                 # image folder
-    ):
-        super().__init__(size=size, keys=keys, txt_file=txt_file, root=root)
+    TXT_FILE = "data/celebahqtrain.txt"
+    ROOT = "data/celebahq"
 
 
 class CelebAHQValidation(FacesBase):
-    """CelebA-HQ validation images (``data/celebahqvalidation.txt``, ``data/celebahq``)."""
+    """CelebA-HQ validation images."""
 
-    def __init__(
-        self,
-        size: int | None,                            # output side length
-        keys: Sequence[str] | None = None,           # keep only these example keys
-        txt_file: str = "data/celebahqvalidation.txt",  # file list
-        root: str = "data/celebahq",                 # image folder
-    ):
-        super().__init__(size=size, keys=keys, txt_file=txt_file, root=root)
+    TXT_FILE = "data/celebahqvalidation.txt"
+    ROOT = "data/celebahq"
 
 
 class FFHQTrain(FacesBase):
-    """FFHQ training images (``data/ffhqtrain.txt``, ``data/ffhq``)."""
+    """FFHQ training images."""
 
-    def __init__(
-        self,
-        size: int | None,                            # output side length
-        keys: Sequence[str] | None = None,           # keep only these example keys
-        txt_file: str = "data/ffhqtrain.txt",        # file list
-        root: str = "data/ffhq",                     # image folder
-    ):
-        super().__init__(size=size, keys=keys, txt_file=txt_file, root=root)
+    TXT_FILE = "data/ffhqtrain.txt"
+    ROOT = "data/ffhq"
 
 
 class FFHQValidation(FacesBase):
-    """FFHQ validation images (``data/ffhqvalidation.txt``, ``data/ffhq``)."""
+    """FFHQ validation images."""
 
-    def __init__(
-        self,
-        size: int | None,                            # output side length
-        keys: Sequence[str] | None = None,           # keep only these example keys
-        txt_file: str = "data/ffhqvalidation.txt",   # file list
-        root: str = "data/ffhq",                     # image folder
-    ):
-        super().__init__(size=size, keys=keys, txt_file=txt_file, root=root)
+    TXT_FILE = "data/ffhqvalidation.txt"
+    ROOT = "data/ffhq"

@@ -23,16 +23,27 @@ INTERPOLATIONS = ("linear", "bilinear", "bicubic", "lanczos")
 
 
 class LSUNBase(Dataset):
-    """Images listed in ``txt_file`` (paths relative to ``data_root``)."""
+    """Images listed in ``txt_file`` (paths relative to ``data_root``). Each split's class below sets the
+    defaults of ``txt_file``, ``data_root`` and ``flip_p`` through ``TXT_FILE``, ``DATA_ROOT`` and ``FLIP_P``."""
+
+    TXT_FILE: str | None = None                      # default txt_file (None: it must be given)
+    DATA_ROOT: str | None = None                     # default data_root (None: it must be given)
+    FLIP_P: float = 0.5                              # default flip_p
 
     def __init__(
         self,
-        txt_file: str,                               # text file: one image path per line, relative to data_root
-        data_root: str,                              # folder holding the images
+        txt_file: str | None = None,                 # text file: one image path per line, relative to data_root
+        data_root: str | None = None,                # folder holding the images
         size: int | None = None,                     # output side length; None keeps the centre crop's size
         interpolation: str = "bicubic",              # one of INTERPOLATIONS
-        flip_p: float = 0.5,                         # probability of a left-right flip
+        flip_p: float | None = None,                 # probability of a left-right flip (None: FLIP_P)
     ):
+        txt_file = self.TXT_FILE if txt_file is None else txt_file
+        data_root = self.DATA_ROOT if data_root is None else data_root
+        flip_p = self.FLIP_P if flip_p is None else flip_p
+        if txt_file is None or data_root is None:
+            raise ValueError(f"{type(self).__name__} needs txt_file and data_root; got txt_file={txt_file!r}, "
+                             f"data_root={data_root!r}")
         check_size(size)
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}; got {interpolation!r}")
@@ -75,88 +86,43 @@ class LSUNBase(Dataset):
 class LSUNChurchesTrain(LSUNBase):
     """The training split of LSUN churches (outdoor)."""
 
-    def __init__(
-        self,
-        txt_file: str = "data/lsun/church_outdoor_train.txt",  # image list
-        data_root: str = "data/lsun/churches",  # image folder
-        size: int | None = None,                     # output side length
-        interpolation: str = "bicubic",              # one of INTERPOLATIONS
-        flip_p: float = 0.5,                         # probability of a left-right flip
-    ):
-        super().__init__(txt_file=txt_file, data_root=data_root, size=size, interpolation=interpolation,
-                         flip_p=flip_p)
+    TXT_FILE = "data/lsun/church_outdoor_train.txt"
+    DATA_ROOT = "data/lsun/churches"
 
 
 class LSUNChurchesValidation(LSUNBase):
     """The validation split of LSUN churches (outdoor), not flipped."""
 
-    def __init__(
-        self,
-        txt_file: str = "data/lsun/church_outdoor_val.txt",  # image list
-        data_root: str = "data/lsun/churches",  # image folder
-        size: int | None = None,                     # output side length
-        interpolation: str = "bicubic",              # one of INTERPOLATIONS
-        flip_p: float = 0.0,                         # probability of a left-right flip
-    ):
-        super().__init__(txt_file=txt_file, data_root=data_root, size=size, interpolation=interpolation,
-                         flip_p=flip_p)
+    TXT_FILE = "data/lsun/church_outdoor_val.txt"
+    DATA_ROOT = "data/lsun/churches"
+    FLIP_P = 0.0
 
 
 class LSUNBedroomsTrain(LSUNBase):
     """The training split of LSUN bedrooms."""
 
-    def __init__(
-        self,
-        txt_file: str = "data/lsun/bedrooms_train.txt",  # image list
-        data_root: str = "data/lsun/bedrooms",  # image folder
-        size: int | None = None,                     # output side length
-        interpolation: str = "bicubic",              # one of INTERPOLATIONS
-        flip_p: float = 0.5,                         # probability of a left-right flip
-    ):
-        super().__init__(txt_file=txt_file, data_root=data_root, size=size, interpolation=interpolation,
-                         flip_p=flip_p)
+    TXT_FILE = "data/lsun/bedrooms_train.txt"
+    DATA_ROOT = "data/lsun/bedrooms"
 
 
 class LSUNBedroomsValidation(LSUNBase):
     """The validation split of LSUN bedrooms, not flipped."""
 
-    def __init__(
-        self,
-        txt_file: str = "data/lsun/bedrooms_val.txt",  # image list
-        data_root: str = "data/lsun/bedrooms",  # image folder
-        size: int | None = None,                     # output side length
-        interpolation: str = "bicubic",              # one of INTERPOLATIONS
-        flip_p: float = 0.0,                         # probability of a left-right flip
-    ):
-        super().__init__(txt_file=txt_file, data_root=data_root, size=size, interpolation=interpolation,
-                         flip_p=flip_p)
+    TXT_FILE = "data/lsun/bedrooms_val.txt"
+    DATA_ROOT = "data/lsun/bedrooms"
+    FLIP_P = 0.0
 
 
 class LSUNCatsTrain(LSUNBase):
     """The training split of LSUN cats."""
 
-    def __init__(
-        self,
-        txt_file: str = "data/lsun/cat_train.txt",  # image list
-        data_root: str = "data/lsun/cats",  # image folder
-        size: int | None = None,                     # output side length
-        interpolation: str = "bicubic",              # one of INTERPOLATIONS
-        flip_p: float = 0.5,                         # probability of a left-right flip
-    ):
-        super().__init__(txt_file=txt_file, data_root=data_root, size=size, interpolation=interpolation,
-                         flip_p=flip_p)
+    TXT_FILE = "data/lsun/cat_train.txt"
+    DATA_ROOT = "data/lsun/cats"
 
 
 class LSUNCatsValidation(LSUNBase):
     """The validation split of LSUN cats, not flipped."""
 
-    def __init__(
-        self,
-        txt_file: str = "data/lsun/cat_val.txt",  # image list
-        data_root: str = "data/lsun/cats",  # image folder
-        size: int | None = None,                     # output side length
-        interpolation: str = "bicubic",              # one of INTERPOLATIONS
-        flip_p: float = 0.0,                         # probability of a left-right flip
-    ):
-        super().__init__(txt_file=txt_file, data_root=data_root, size=size, interpolation=interpolation,
-                         flip_p=flip_p)
+    TXT_FILE = "data/lsun/cat_val.txt"
+    DATA_ROOT = "data/lsun/cats"
+    FLIP_P = 0.0

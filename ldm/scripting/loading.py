@@ -8,7 +8,7 @@ import logging
 import os
 import random
 from collections.abc import Mapping
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -165,3 +165,21 @@ def ema_weights(model: torch.nn.Module) -> Iterator[None]:
     scope = getattr(model, "ema_scope", None)
     with (scope() if scope is not None else contextlib.nullcontext()):
         yield
+
+
+@contextlib.contextmanager
+def sampling_scope(model: torch.nn.Module, precision: str, device: torch.device) -> Iterator[None]:
+    """The block a script samples in: no gradients, the model's EMA weights (`ema_weights`) and the autocast
+    of ``--precision`` on ``device`` (`precision_scope`)."""
+    with torch.no_grad(), ema_weights(model), precision_scope(precision, device):
+        yield
+
+
+def load_sampling_model(config: DictConfig, ckpt: str | os.PathLike, device: torch.device, sampler_name: str,
+                        compile_unet: bool = False) -> tuple[torch.nn.Module, Any]:
+    """The model of ``config`` and ``ckpt`` on ``device`` (`load_model`) and the sampler ``sampler_name`` made
+    for it (`ldm.models.diffusion.sampling.make_sampler`)."""
+    from ldm.models.diffusion.sampling import make_sampler
+
+    model, _ = load_model(config, ckpt, device, compile_unet=compile_unet)
+    return model, make_sampler(sampler_name, model)

@@ -108,6 +108,18 @@ def claim(folder: str | os.PathLike, name: Callable[[int], str], start: int = 0)
             i += 1
 
 
+def save_samples(images: torch.Tensor, folder: str | os.PathLike, name: Callable[[int], str], start: int,
+                 summary: OutputSummary) -> int:
+    """Save each (C, H, W) image in [0, 1] of ``images`` under the next free ``name(i)`` in ``folder``, i from
+    ``start`` on (`claim`), adding the paths to ``summary``; returns the index after the last one used."""
+    i = start
+    for image in images:
+        path, i = claim(folder, name, i)
+        summary.add(save_image(image, path))
+        i += 1
+    return i
+
+
 def claim_unique(path: str | os.PathLike) -> Path:
     """``path``, or ``<stem>-1<suffix>``, ``<stem>-2<suffix>``, ... if taken, created empty with O_EXCL."""
     path = Path(path)
