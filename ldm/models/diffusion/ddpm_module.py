@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -276,6 +276,19 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
         denoise_grid = rearrange(torch.stack(list(samples)), "n b c h w -> (b n) c h w")
         return make_grid(denoise_grid, nrow=n_imgs_per_row)
 
+    def _diffusion_row(self, x_start: torch.Tensor,
+                       decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """The forward-diffusion grid of ``x_start`` (B, C, H, W): a draw of q(x_t | x_0) every ``log_every_t``
+        steps and at the last step, each passed through ``decode`` when given (a latent model's first stage)."""
+        row = []
+        for t in range(self.num_timesteps):
+            if t % self.log_every_t == 0 or t == self.num_timesteps - 1:
+                t = repeat(torch.tensor([t]), "1 -> b", b=x_start.shape[0]).to(self.device).long()
+                noise = torch.randn_like(x_start)
+                x_t = self.q_sample(x_start=x_start, t=t, noise=noise)
+                row.append(x_t if decode is None else decode(x_t))
+        return self._get_rows_from_list(row)
+
     @staticmethod
     def _select_keys(log: dict[str, Any], return_keys: Sequence[str] | None) -> dict[str, Any]:
         """``log`` restricted to ``return_keys`` (all of it when none of them is present)."""
@@ -294,14 +307,7 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
         x = x.to(self.device)[:N]
         log["inputs"] = x
 
-        diffusion_row = []
-        x_start = x[:n_row]
-        for t in range(self.num_timesteps):
-            if t % self.log_every_t == 0 or t == self.num_timesteps - 1:
-                t = repeat(torch.tensor([t]), "1 -> b", b=n_row).to(self.device).long()
-                noise = torch.randn_like(x_start)
-                diffusion_row.append(self.q_sample(x_start=x_start, t=t, noise=noise))
-        log["diffusion_row"] = self._get_rows_from_list(diffusion_row)
+        log["diffusion_row"] = self._diffusion_row(x[:n_row])
 
         if sample:
             with self.ema_scope("Plotting"):
