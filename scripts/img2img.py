@@ -128,8 +128,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     steps = None if sampler_name == "ddpm" else opt.ddim_steps  # ddpm: strength applies to every training step
     if steps is None:
         t_enc = max(1, int(opt.strength * model.num_timesteps))
-    sample_path, base_count, grid_count = outputs.prepare_outdir(opt.outdir)
-    summary = outputs.OutputSummary()
+    folder = outputs.SampleFolder(opt.outdir)
     n = opt.n_samples
     loading.seed_everything(opt.seed)
     all_samples = []
@@ -150,11 +149,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
             samples = sampler.img2img(init_latent, steps, t_enc, c, eta=opt.ddim_eta, unconditional_guidance_scale=scale,
                                       unconditional_conditioning=uc, verbose=False)
             x_samples = outputs.decode_to_unit(model, samples)
-            base_count = outputs.save_samples(x_samples, sample_path, "{:04}.png".format, base_count, summary)
+            folder.save_samples(x_samples)
             all_samples.append(x_samples)
-    summary.add(outputs.save_grid(all_samples, outputs.claim(opt.outdir, "grid-{:04}.png".format, grid_count)[0], nrow=n))
-    summary.print()
-    return summary.paths
+    folder.save_grid(all_samples, nrow=n)
+    folder.summary.print()
+    return folder.summary.paths
 
 
 if __name__ == "__main__":

@@ -103,8 +103,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     clip_text_encoder = FrozenCLIPTextEmbedder(opt.clip_type, n_repeat=opt.n_repeat).to(device)
     clip_text_encoder.load()
     model, sampler = loading.load_sampling_model(config, files.ckpt, device, sampler_name, compile_unet=opt.compile)
-    sample_path, base_count, grid_count = outputs.prepare_outdir(opt.outdir)
-    summary = outputs.OutputSummary()
+    folder = outputs.SampleFolder(opt.outdir)
     print(f"sampling scale for cfg is {opt.scale:.2f}")
     loading.seed_everything(opt.seed)
 
@@ -122,17 +121,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                                conditioning=c, eta=opt.ddim_eta, sampler=sampler,
                                                unconditional_guidance_scale=opt.scale, unconditional_conditioning=uc)
                 x_samples = outputs.decode_to_unit(model, samples)
-                base_count = outputs.save_samples(x_samples, sample_path, "{:05}.png".format, base_count, summary)
+                folder.save_samples(x_samples, "{:05}.png".format)
                 all_samples.append(x_samples)
             if not opt.skip_grid:
-                grid_path, grid_count = outputs.claim(opt.outdir, "grid-{:04}.png".format, grid_count)
-                summary.add(outputs.save_grid(all_samples, grid_path,
-                                              nrow=n_rows))
-                grid_count += 1
+                folder.save_grid(all_samples, nrow=n_rows)
 
-    summary.print()
+    folder.summary.print()
     print(f"Your samples are ready and waiting for you here: \n{opt.outdir} \nEnjoy.")
-    return summary.paths
+    return folder.summary.paths
 
 
 if __name__ == "__main__":

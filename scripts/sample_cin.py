@@ -78,8 +78,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     from ldm.scripting import loading, outputs, samplers
 
     model, sampler = loading.load_sampling_model(config, files.ckpt, device, sampler_name, compile_unet=opt.compile)
-    sample_path, base_count, grid_count = outputs.prepare_outdir(opt.outdir)
-    summary = outputs.OutputSummary()
+    folder = outputs.SampleFolder(opt.outdir)
     n = opt.n_samples_per_class
     loading.seed_everything(opt.seed)
     all_samples = []
@@ -93,12 +92,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                            eta=opt.ddim_eta, sampler=sampler, unconditional_guidance_scale=opt.scale,
                                            unconditional_conditioning=uc)
             x_samples = outputs.decode_to_unit(model, samples)
-            base_count = outputs.save_samples(x_samples, sample_path, lambda i: f"class{class_label:04}_{i:04}.png",
-                                              base_count, summary)
+            folder.save_samples(x_samples, lambda i: f"class{class_label:04}_{i:04}.png")
             all_samples.append(x_samples)
-    summary.add(outputs.save_grid(all_samples, outputs.claim(opt.outdir, "grid-{:04}.png".format, grid_count)[0], nrow=n))
-    summary.print()
-    return summary.paths
+    folder.save_grid(all_samples, nrow=n)
+    folder.summary.print()
+    return folder.summary.paths
 
 
 if __name__ == "__main__":

@@ -66,8 +66,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     from ldm.scripting import loading, outputs, samplers
 
     model, sampler = loading.load_sampling_model(config, files.ckpt, device, sampler_name, compile_unet=opt.compile)
-    sample_path, base_count, _ = outputs.prepare_outdir(opt.outdir)
-    summary = outputs.OutputSummary()
+    folder = outputs.SampleFolder(opt.outdir)
     loading.seed_everything(opt.seed)
 
     with loading.sampling_scope(model, opt.precision, device):
@@ -83,14 +82,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                                unconditional_guidance_scale=opt.scale,
                                                unconditional_conditioning=uc)
                 x_samples = outputs.decode_to_unit(model, samples)
-                base_count = outputs.save_samples(x_samples, sample_path, "{:04}.png".format, base_count, summary)
+                folder.save_samples(x_samples)
                 all_samples.append(x_samples)
             grid_path = outputs.claim_unique(os.path.join(opt.outdir, outputs.prompt_filename(prompt)))
-            summary.add(outputs.save_grid(all_samples, grid_path, nrow=opt.n_samples))
+            folder.summary.add(outputs.save_grid(all_samples, grid_path, nrow=opt.n_samples))
 
-    summary.print()
+    folder.summary.print()
     print(f"Your samples are ready and waiting for you here: \n{opt.outdir} \nEnjoy.")
-    return summary.paths
+    return folder.summary.paths
 
 
 if __name__ == "__main__":

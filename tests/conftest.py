@@ -59,5 +59,16 @@ def parity_case():
     return load_case
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one intra-op thread for the test, and the earlier count restored after it (a script or
+    main() run by another test on the same worker may have raised it). Tiny models run fastest that way
+    on the shared CPUs. Modules use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # Tests run two pytest workers on two cores: one intra-op thread each avoids oversubscription.
 torch.set_num_threads(1)

@@ -19,6 +19,15 @@ def bench():
     return module
 
 
+@pytest.fixture(autouse=True)
+def restore_default_dtype():
+    """main() sets torch's default dtype to float64 for the process; undo it, so that later tests on this
+    worker build their float32 models as before."""
+    dtype = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(dtype)
+
+
 def test_exact_solution_per_dimension_matches_one_std_at_a_time(bench):
     mu = torch.randn(bench.SHAPE, dtype=torch.float64)
     std = torch.linspace(0.05, 1.0, mu.numel(), dtype=torch.float64).view(bench.SHAPE)

@@ -58,13 +58,20 @@ def test_claims_skip_names_taken_since_the_folder_was_counted(tmp_path):
     assert outputs.claim_unique(tmp_path / "0000.png").name == "0000-1.png"
 
 
-def test_save_samples_numbers_past_taken_names(tmp_path):
-    (tmp_path / "0001.png").write_bytes(b"taken")
-    summary = outputs.OutputSummary()
-    next_index = outputs.save_samples(torch.rand(3, 3, 4, 4), tmp_path, "{:04}.png".format, 0, summary)
-    assert next_index == 4 and [p.name for p in summary.paths] == ["0000.png", "0002.png", "0003.png"]
-    assert (tmp_path / "0001.png").read_bytes() == b"taken"
-    assert all(Image.open(p).size == (4, 4) for p in summary.paths)
+def test_sample_folder_numbers_past_taken_names(tmp_path):
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "0001.png").write_bytes(b"taken")
+    (tmp_path / "grid-0000.png").write_bytes(b"taken")
+    folder = outputs.SampleFolder(tmp_path)
+    assert (folder.next_sample, folder.next_grid) == (1, 1)  # the original's running numbers
+    folder.save_samples(torch.rand(1, 3, 4, 4))
+    (tmp_path / "samples" / "0003.png").write_bytes(b"taken since")
+    folder.save_samples(torch.rand(2, 3, 4, 4))
+    folder.save_grid(torch.rand(3, 3, 4, 4), nrow=3)
+    assert [p.name for p in folder.summary.paths] == ["0002.png", "0004.png", "0005.png", "grid-0001.png"]
+    assert (tmp_path / "samples" / "0001.png").read_bytes() == b"taken"
+    assert (tmp_path / "samples" / "0003.png").read_bytes() == b"taken since"
+    assert Image.open(tmp_path / "grid-0001.png").size == (3 * 4 + 4 * 2, 4 + 2 * 2)
 
 
 def test_run_folders_started_in_the_same_second_differ(tmp_path):

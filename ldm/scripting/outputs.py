@@ -67,15 +67,6 @@ def prompt_filename(prompt: str) -> str:
     return (name or "empty-prompt") + ".png"
 
 
-def prepare_outdir(outdir: str | os.PathLike) -> tuple[str, int, int]:
-    """Create ``<outdir>/samples``; returns its path and the numbers the next sample and the next grid
-    get, so that repeated runs into one folder add files instead of overwriting them (as the original).
-    The numbers are where `claim` starts looking: a name another run holds is skipped, never reused."""
-    sample_path = os.path.join(outdir, "samples")
-    os.makedirs(sample_path, exist_ok=True)
-    return sample_path, count_entries(sample_path), count_entries(outdir) - 1
-
-
 def check_outdir(outdir: str | os.PathLike, flag: str = "--outdir") -> Path:
     """Create ``outdir`` and make sure this process can write there, before any model is loaded; a
     ValueError names the flag, the folder and the reason otherwise."""
@@ -106,18 +97,6 @@ def claim(folder: str | os.PathLike, name: Callable[[int], str], start: int = 0)
             return path, i
         except FileExistsError:
             i += 1
-
-
-def save_samples(images: torch.Tensor, folder: str | os.PathLike, name: Callable[[int], str], start: int,
-                 summary: OutputSummary) -> int:
-    """Save each (C, H, W) image in [0, 1] of ``images`` under the next free ``name(i)`` in ``folder``, i from
-    ``start`` on (`claim`), adding the paths to ``summary``; returns the index after the last one used."""
-    i = start
-    for image in images:
-        path, i = claim(folder, name, i)
-        summary.add(save_image(image, path))
-        i += 1
-    return i
 
 
 def claim_unique(path: str | os.PathLike) -> Path:
@@ -170,3 +149,31 @@ class OutputSummary:
 
     def print(self) -> None:
         print("\n".join(self.lines()))
+
+
+class SampleFolder:
+    """An output folder laid out as the original sampling scripts': samples in ``<outdir>/samples/``, grids
+    as ``<outdir>/grid-NNNN.png``. Numbers continue after the entries already there, so that repeated runs
+    into one folder add files (as the original); each name is claimed before it is written (`claim`), so
+    that a name another run holds is skipped, never overwritten. ``summary`` records every file written."""
+
+    def __init__(self, outdir: str | os.PathLike):  # the folder; created with its samples/ folder
+        self.outdir = os.fspath(outdir)
+        self.sample_path = os.path.join(self.outdir, "samples")
+        os.makedirs(self.sample_path, exist_ok=True)
+        self.next_sample = count_entries(self.sample_path)
+        self.next_grid = count_entries(self.outdir) - 1  # samples/ is not a grid
+        self.summary = OutputSummary()
+
+    def save_samples(self, images: torch.Tensor, name: Callable[[int], str] = "{:04}.png".format) -> None:
+        """Save each (C, H, W) image in [0, 1] of ``images`` in the samples folder as the next free ``name(i)``."""
+        for image in images:
+            path, i = claim(self.sample_path, name, self.next_sample)
+            self.summary.add(save_image(image, path))
+            self.next_sample = i + 1
+
+    def save_grid(self, images: torch.Tensor | Sequence[torch.Tensor], nrow: int) -> Path:
+        """Save the grid of ``images`` (`save_grid`) as the next free ``grid-NNNN.png`` of the folder."""
+        path, i = claim(self.outdir, "grid-{:04}.png".format, self.next_grid)
+        self.next_grid = i + 1
+        return self.summary.add(save_grid(images, path, nrow))
