@@ -19,15 +19,6 @@ def bench():
     return module
 
 
-@pytest.fixture(autouse=True)
-def restore_default_dtype():
-    """main() sets torch's default dtype to float64 for the process; undo it, so that later tests on this
-    worker build their float32 models as before."""
-    dtype = torch.get_default_dtype()
-    yield
-    torch.set_default_dtype(dtype)
-
-
 def test_exact_solution_per_dimension_matches_one_std_at_a_time(bench):
     mu = torch.randn(bench.SHAPE, dtype=torch.float64)
     std = torch.linspace(0.05, 1.0, mu.numel(), dtype=torch.float64).view(bench.SHAPE)
@@ -58,6 +49,7 @@ def test_signed_error_tells_too_spread_from_too_concentrated(bench):
 
 def test_tables_print_and_the_best_sampler_beats_the_karras_reference(bench, capsys):
     assert bench.main(["--nfe", "10", "--std", "0.5", "--n", "2"]) == 0
+    assert torch.get_default_dtype() == torch.float32  # main() computes in float64 and restores the default
     out = capsys.readouterr().out
     assert "data N(mu, 0.5^2 I)" in out and "s from 0.05 to 1.0 over the dimensions" in out
     assert out.rstrip().endswith("PASS")
