@@ -172,6 +172,23 @@ class _ResolutionLevels(nn.Module):
         self.in_channels = in_channels
 
 
+def _level(owner: _ResolutionLevels, block_in: int, block_out: int, skip_ins: Sequence[int], dropout: float,
+           with_attn: bool, attn_type: str) -> tuple[nn.Module, int]:
+    """One resolution level: ``len(skip_ins)`` residual blocks to ``block_out`` channels (``level.block``), block
+    ``i`` also taking ``skip_ins[i]`` channels of a skip connection, each followed by attention when ``with_attn``
+    (``level.attn``). Returns the level and its output channels."""
+    level = nn.Module()
+    level.block = nn.ModuleList()
+    level.attn = nn.ModuleList()
+    for skip_in in skip_ins:
+        level.block.append(ResnetBlock(in_channels=block_in + skip_in, out_channels=block_out,
+                                       temb_channels=owner.temb_ch, dropout=dropout))
+        block_in = block_out
+        if with_attn:
+            level.attn.append(make_attn(block_in, attn_type=attn_type))
+    return level, block_in
+
+
 def _down_path(owner: _ResolutionLevels, ch_mult: Sequence[int], attn_resolutions: Sequence[int], dropout: float,
                resamp_with_conv: bool, attn_type: str) -> tuple[int, int]:
     """Build ``owner.down`` (resolution levels of residual blocks, attention, downsampling) and ``owner.mid``.
@@ -183,19 +200,8 @@ def _down_path(owner: _ResolutionLevels, ch_mult: Sequence[int], attn_resolution
     owner.down = nn.ModuleList()
     block_in = owner.ch
     for i_level in range(owner.num_resolutions):
-        block = nn.ModuleList()
-        attn = nn.ModuleList()
-        block_in = owner.ch * in_ch_mult[i_level]
-        block_out = owner.ch * ch_mult[i_level]
-        for _ in range(owner.num_res_blocks):
-            block.append(ResnetBlock(in_channels=block_in, out_channels=block_out, temb_channels=owner.temb_ch,
-                                     dropout=dropout))
-            block_in = block_out
-            if curr_res in attn_resolutions:
-                attn.append(make_attn(block_in, attn_type=attn_type))
-        down = nn.Module()
-        down.block = block
-        down.attn = attn
+        down, block_in = _level(owner, owner.ch * in_ch_mult[i_level], owner.ch * ch_mult[i_level],
+                                [0] * owner.num_res_blocks, dropout, curr_res in attn_resolutions, attn_type)
         if i_level != owner.num_resolutions - 1:
             down.downsample = Downsample(block_in, resamp_with_conv)
             curr_res = curr_res // 2
@@ -244,22 +250,12 @@ def _up_path(owner: _ResolutionLevels, ch_mult: Sequence[int], attn_resolutions:
     in_ch_mult = (1,) + tuple(ch_mult)
     owner.up = nn.ModuleList()
     for i_level in reversed(range(owner.num_resolutions)):
-        block = nn.ModuleList()
-        attn = nn.ModuleList()
-        block_out = owner.ch * ch_mult[i_level]
-        for i_block in range(owner.num_res_blocks + 1):
-            skip_in = 0
-            if skip:
-                skip_mult = in_ch_mult[i_level] if i_block == owner.num_res_blocks else ch_mult[i_level]
-                skip_in = owner.ch * skip_mult
-            block.append(ResnetBlock(in_channels=block_in + skip_in, out_channels=block_out,
-                                     temb_channels=owner.temb_ch, dropout=dropout))
-            block_in = block_out
-            if curr_res in attn_resolutions:
-                attn.append(make_attn(block_in, attn_type=attn_type))
-        up = nn.Module()
-        up.block = block
-        up.attn = attn
+        if skip:  # the down path's feature maps: one per residual block, then the level's input
+            skip_ins = [owner.ch * ch_mult[i_level]] * owner.num_res_blocks + [owner.ch * in_ch_mult[i_level]]
+        else:
+            skip_ins = [0] * (owner.num_res_blocks + 1)
+        up, block_in = _level(owner, block_in, owner.ch * ch_mult[i_level], skip_ins, dropout,
+                              curr_res in attn_resolutions, attn_type)
         if i_level != 0:
             up.upsample = Upsample(block_in, resamp_with_conv)
             curr_res = curr_res * 2
