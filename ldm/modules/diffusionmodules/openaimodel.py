@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -387,6 +387,46 @@ def _restore_memory_format(module: nn.Module, _incompatible_keys: Any) -> None:
     module.use_channels_last(module.channels_last)
 
 
+def _input_blocks(
+    dims: int,  # 1, 2 or 3: the signal's dimensionality
+    in_channels: int,  # channels of the input
+    model_channels: int,  # base channel count
+    channel_mult: Sequence[int],  # channel multiplier per resolution level
+    num_res_blocks: int,  # residual blocks per level
+    attention_resolutions: Sequence[int],  # downsampling factors at which to attend
+    conv_resample: bool,  # learned convolutions for downsampling
+    resblock_updown: bool,  # residual blocks (not Downsample) change the resolution
+    res_block: Callable[..., ResBlock],  # res_block(ch_in, ch_out=None, down=False), the model's residual block
+    attention: Callable[[int], nn.Module],  # attention(ch), the model's attention block
+) -> tuple[nn.ModuleList, list[int], int]:
+    """The downsampling path that `UNetModel` and `EncoderUNetModel` share: an input convolution, then per level
+    residual blocks (with attention at ``attention_resolutions``) and a downsampling block between levels.
+
+    Returns the blocks, the output channels of each (the U-Net's skip connections) and the downsampling
+    factor at the bottom.
+    """
+    blocks = nn.ModuleList([TimestepEmbedSequential(conv_nd(dims, in_channels, model_channels, 3, padding=1))])
+    chans = [model_channels]
+    ch = model_channels
+    ds = 1
+    for level, mult in enumerate(channel_mult):
+        for _ in range(num_res_blocks):
+            layers = [res_block(ch, mult * model_channels)]
+            ch = mult * model_channels
+            if ds in attention_resolutions:
+                layers.append(attention(ch))
+            blocks.append(TimestepEmbedSequential(*layers))
+            chans.append(ch)
+        if level != len(channel_mult) - 1:
+            blocks.append(TimestepEmbedSequential(
+                res_block(ch, ch, down=True) if resblock_updown
+                else Downsample(ch, conv_resample, dims=dims, out_channels=ch)
+            ))
+            chans.append(ch)
+            ds *= 2
+    return blocks, chans, ds
+
+
 class UNetModel(nn.Module):
     """The full U-Net with attention and timestep embedding (and optional class labels or cross-attention)."""
 
@@ -456,9 +496,10 @@ class UNetModel(nn.Module):
                             use_checkpoint=use_checkpoint, use_scale_shift_norm=use_scale_shift_norm,
                             up=up, down=down)
 
-        def attention(ch: int, heads: int, heads_attention_block: int | None) -> tuple[nn.Module, int]:
-            # the original's head arithmetic; ``heads`` carries over from level to level as it does there
+        def attention(ch: int, heads_attention_block: int | None = None) -> nn.Module:
+            # the original's head arithmetic
             if num_head_channels == -1:
+                heads = num_heads
                 dim_head = ch // heads
             else:
                 heads = ch // num_head_channels
@@ -472,7 +513,7 @@ class UNetModel(nn.Module):
                 block = AttentionBlock(ch, use_checkpoint=use_checkpoint,
                                        num_heads=heads if heads_attention_block is None else heads_attention_block,
                                        num_head_channels=dim_head, use_new_attention_order=use_new_attention_order)
-            return block, heads
+            return block
 
         time_embed_dim = model_channels * 4
         self.time_embed = nn.Sequential(
@@ -484,36 +525,13 @@ class UNetModel(nn.Module):
         if self.num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, time_embed_dim)
 
-        self.input_blocks = nn.ModuleList([
-            TimestepEmbedSequential(conv_nd(dims, in_channels, model_channels, 3, padding=1)),
-        ])
-        self._feature_size = model_channels
-        input_block_chans = [model_channels]
-        ch = model_channels
-        ds = 1
-        heads = num_heads
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers = [res_block(ch, mult * model_channels)]
-                ch = mult * model_channels
-                if ds in attention_resolutions:
-                    block, heads = attention(ch, heads, None)
-                    layers.append(block)
-                self.input_blocks.append(TimestepEmbedSequential(*layers))
-                self._feature_size += ch
-                input_block_chans.append(ch)
-            if level != len(channel_mult) - 1:
-                out_ch = ch
-                self.input_blocks.append(TimestepEmbedSequential(
-                    res_block(ch, out_ch, down=True) if resblock_updown
-                    else Downsample(ch, conv_resample, dims=dims, out_channels=out_ch)
-                ))
-                ch = out_ch
-                input_block_chans.append(ch)
-                ds *= 2
-                self._feature_size += ch
+        self.input_blocks, input_block_chans, ds = _input_blocks(
+            dims, in_channels, model_channels, channel_mult, num_res_blocks, attention_resolutions, conv_resample,
+            resblock_updown, res_block, attention)
+        self._feature_size = sum(input_block_chans)
+        ch = input_block_chans[-1]
 
-        middle_attention, heads = attention(ch, heads, None)
+        middle_attention = attention(ch)
         self.middle_block = TimestepEmbedSequential(
             res_block(ch),
             middle_attention,
@@ -528,8 +546,7 @@ class UNetModel(nn.Module):
                 layers = [res_block(ch + ich, model_channels * mult)]
                 ch = model_channels * mult
                 if ds in attention_resolutions:
-                    block, heads = attention(ch, heads, num_heads_upsample)
-                    layers.append(block)
+                    layers.append(attention(ch, num_heads_upsample))
                 if level and i == num_res_blocks:
                     out_ch = ch
                     layers.append(
@@ -683,29 +700,11 @@ class EncoderUNetModel(nn.Module):
             linear(time_embed_dim, time_embed_dim),
         )
 
-        self.input_blocks = nn.ModuleList([
-            TimestepEmbedSequential(conv_nd(dims, in_channels, model_channels, 3, padding=1)),
-        ])
-        self._feature_size = model_channels
-        ch = model_channels
-        ds = 1
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers = [res_block(ch, mult * model_channels)]
-                ch = mult * model_channels
-                if ds in attention_resolutions:
-                    layers.append(attention(ch))
-                self.input_blocks.append(TimestepEmbedSequential(*layers))
-                self._feature_size += ch
-            if level != len(channel_mult) - 1:
-                out_ch = ch
-                self.input_blocks.append(TimestepEmbedSequential(
-                    res_block(ch, out_ch, down=True) if resblock_updown
-                    else Downsample(ch, conv_resample, dims=dims, out_channels=out_ch)
-                ))
-                ch = out_ch
-                ds *= 2
-                self._feature_size += ch
+        self.input_blocks, input_block_chans, ds = _input_blocks(
+            dims, in_channels, model_channels, channel_mult, num_res_blocks, attention_resolutions, conv_resample,
+            resblock_updown, res_block, attention)
+        self._feature_size = sum(input_block_chans)
+        ch = input_block_chans[-1]
 
         self.middle_block = TimestepEmbedSequential(res_block(ch), attention(ch), res_block(ch))
         self._feature_size += ch
