@@ -70,8 +70,9 @@ class LatentImageLoggingMixin:
                 samples, z_denoise_row = self.sample_log(cond=c, batch_size=N, ddim=use_ddim,
                                                          ddim_steps=ddim_steps, eta=ddim_eta)
             log["samples"] = self.decode_first_stage(samples)
-            if plot_denoise_rows:
-                log["denoise_row"] = self._get_denoise_row_from_list(z_denoise_row)
+            if plot_denoise_rows:  # the states x_t along the way: DDIM returns them as intermediates["x_inter"]
+                states = z_denoise_row["x_inter"] if isinstance(z_denoise_row, dict) else z_denoise_row
+                log["denoise_row"] = self._get_denoise_row_from_list(states)
 
             if quantize_denoised and not isinstance(self.first_stage_model, (AutoencoderKL, IdentityFirstStage)):
                 # samples whose x_0 estimate is quantised at every step
