@@ -49,7 +49,7 @@ import zipfile
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -1130,6 +1130,25 @@ def check_weights_fit(module: torch.nn.Module, state_dict: Mapping[str, Any], so
         raise InvalidCheckpointError(
             f"{source} does not fit this {name}: {len(wrong)} of its tensors have the wrong shape, such as "
             f"{key!r}: {theirs} in the file, {ours} in the model; is it the checkpoint of a different config?")
+
+
+def restore_weights(module: torch.nn.Module, path: str | os.PathLike, ignore_keys: Sequence[str] | None = None,
+                    log: Callable[..., None] = logger.info) -> None:
+    """Load the weights in ``path`` into ``module`` non-strictly, as the models' ``init_from_ckpt`` do: keys
+    that start with a prefix in ``ignore_keys`` are dropped, weights that cannot belong to the module are
+    refused (`check_weights_fit`), and the missing and unexpected keys are reported through ``log``."""
+    state_dict = load_state_dict(path)
+    prefixes = tuple(ignore_keys or ())
+    for key in [k for k in state_dict if prefixes and k.startswith(prefixes)]:
+        log("Deleting key %s from state_dict.", key)
+        del state_dict[key]
+    check_weights_fit(module, state_dict, path)
+    missing, unexpected = module.load_state_dict(state_dict, strict=False)
+    log("Restored from %s with %d missing and %d unexpected keys", path, len(missing), len(unexpected))
+    if missing:
+        log("Missing Keys: %s", missing)
+    if unexpected:
+        log("Unexpected Keys: %s", unexpected)
 
 
 # --------------------------------------------------------------------------------------------------

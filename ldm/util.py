@@ -179,6 +179,13 @@ def isimage(x: Any) -> bool:
     return isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[1] in (1, 3)
 
 
+def channels_first(images: torch.Tensor) -> torch.Tensor:
+    """Data-loader images ``(B, H, W, C)`` (or ``(B, H, W)``) as a contiguous float ``(B, C, H, W)`` tensor."""
+    if images.ndim == 3:
+        images = images[..., None]  # (B, H, W, 1)
+    return images.permute(0, 3, 1, 2).to(memory_format=torch.contiguous_format).float()  # (B, C, H, W)
+
+
 def mean_flat(tensor: torch.Tensor) -> torch.Tensor:
     """Mean over every dimension but the batch dimension."""
     return tensor.mean(dim=list(range(1, tensor.ndim)))

@@ -317,6 +317,21 @@ def test_log_images_keys():
                             plot_progressive_rows=False)) == {"samples"}
 
 
+@pytest.mark.parametrize("ddim_steps", [2, None])
+def test_log_images_denoise_row(ddim_steps):
+    """The decoded states x_t of DDIM (its x_inter) or of the ancestral chain: a grid with one row per sample."""
+    m = tiny_ldm("class").eval()
+    log = m.log_images(batch_of(2), N=2, n_row=2, ddim_steps=ddim_steps, plot_denoise_rows=True, inpaint=False,
+                       plot_progressive_rows=False, plot_diffusion_rows=False, return_keys=["denoise_row"])
+    if ddim_steps:
+        states = 3  # x_T, after the first step, after the last
+    else:
+        c = m.get_learned_conditioning({"class_label": torch.tensor([1, 2])})
+        states = len(m.sample(c, batch_size=2, return_intermediates=True, verbose=False)[1])
+        assert states > 3
+    assert log["denoise_row"].shape == (3, 2 + 2 * (8 + 2), 2 + states * (8 + 2))  # make_grid pads by 2
+
+
 class _Batches(torch.utils.data.Dataset):
     def __len__(self):
         return 4

@@ -25,7 +25,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.vqvae.quantize import VectorQuantizer2 as VectorQuantizer
-from ldm.util import instantiate_from_config
+from ldm.util import channels_first, instantiate_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -92,29 +92,13 @@ class AdversarialAutoencoder(pl.LightningModule):
     # ---------------------------------------------------------------------------------------- shared
     def init_from_ckpt(self, path: str, ignore_keys: Sequence[str] | None = None) -> None:
         """Load weights from a checkpoint (.ckpt, .pt or .safetensors), dropping keys that start with ``ignore_keys``."""
-        from ldm.checkpoint import check_weights_fit, load_state_dict
+        from ldm.checkpoint import restore_weights
 
-        sd = load_state_dict(path)
-        for k in list(sd.keys()):
-            for ik in ignore_keys or ():
-                if k.startswith(ik):
-                    logger.info("Deleting key %s from state_dict.", k)
-                    del sd[k]
-                    break
-        check_weights_fit(self, sd, path)
-        missing, unexpected = self.load_state_dict(sd, strict=False)
-        logger.info("Restored from %s with %d missing and %d unexpected keys", path, len(missing), len(unexpected))
-        if missing:
-            logger.info("Missing Keys: %s", missing)
-        if unexpected:
-            logger.info("Unexpected Keys: %s", unexpected)
+        restore_weights(self, path, ignore_keys)
 
     def get_input(self, batch: Mapping[str, torch.Tensor], k: str) -> torch.Tensor:
         """``batch[k]`` as a contiguous float ``(B, C, H, W)`` tensor (from ``(B, H, W, C)`` or ``(B, H, W)``)."""
-        x = batch[k]
-        if x.ndim == 3:
-            x = x[..., None]  # (B, H, W, 1)
-        return x.permute(0, 3, 1, 2).to(memory_format=torch.contiguous_format).float()  # (B, C, H, W)
+        return channels_first(batch[k])
 
     def get_last_layer(self) -> torch.Tensor:
         """The decoder's output convolution weight, where the loss balances reconstruction and GAN gradients."""

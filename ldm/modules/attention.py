@@ -5,16 +5,17 @@ is flattened to tokens, passed through transformer blocks (Vaswani et al. 2017) 
 themselves and to a conditioning sequence, and projected back. This is the original LDM version with
 1x1 convolutions as ``proj_in``/``proj_out``. ``FeedForward`` may be gated (GEGLU, Shazeer 2020).
 ``LinearAttention`` is the linear-complexity attention of Katharopoulos et al. 2020 / Shen et al. 2021,
-``SpatialSelfAttention`` plain single-head self-attention over pixels.
+``SpatialSelfAttention`` plain single-head self-attention over pixels (the first stages'
+``AttnBlock``).
 
 Attention runs through ``torch.nn.functional.scaled_dot_product_attention``, which computes the same
-softmax(q k^T / sqrt(d)) v as the original's einsums within float32 rounding. Queries, keys and values are
-handed to it as 4-D (batch, heads, tokens, features) views whose last dimension is contiguous, the layout
-the fused kernels take (FlashAttention-style blocked softmax on the CPU, Dao et al. 2022; flash or
-memory-efficient kernels on CUDA): they never build the full tokens x tokens attention matrix, which keeps
-memory linear in the number of tokens at high resolution, and they avoid the slower math fallback.
+softmax(q k^T / sqrt(d)) v as the original's einsums within float32 rounding. In the U-Net's blocks queries,
+keys and values are handed to it as 4-D (batch, heads, tokens, features) views whose last dimension is
+contiguous, the layout the fused kernels take (FlashAttention-style blocked softmax on the CPU, Dao et al.
+2022; flash or memory-efficient kernels on CUDA): they never build the full tokens x tokens attention matrix,
+which keeps memory linear in the number of tokens at high resolution, and they avoid the slower math fallback.
 
-The spatial blocks work on the token view ``(B, H*W, C)`` of a feature map. When the U-Net runs in the
+The spatial transformer works on the token view ``(B, H*W, C)`` of a feature map. When the U-Net runs in the
 channels-last memory format that view costs nothing, and the 1x1 convolutions that project into and out of
 the token space are applied as the equivalent matrix products on it.
 """
@@ -194,10 +195,12 @@ class SpatialSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        h_ = tokens_of(self.norm(x))  # (B, HW, C)
-        q, k, v = (conv1x1_tokens(conv, h_)[:, None] for conv in (self.q, self.k, self.v))  # (B, 1, HW, C)
-        h_ = attention(q, k, v)[:, 0]  # (B, HW, C)
-        return x + feature_map_of(conv1x1_tokens(self.proj_out, h_), h, w)
+        h_ = self.norm(x)  # (B, C, H, W)
+        q, k, v = (rearrange(conv(h_), "b c h w -> b 1 (h w) c") for conv in (self.q, self.k, self.v))  # (B, 1, HW, C)
+        # q, k, v go to the kernel as strided views, not through `attention`: this is the first stages' AttnBlock,
+        # whose outputs are kept to the bit (contiguous views change the last bits, about 2e-7 here).
+        h_ = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C), softmax(q k^T / sqrt(C)) v
+        return x + self.proj_out(rearrange(h_, "b 1 (h w) c -> b c h w", h=h, w=w))
 
 
 class CrossAttention(nn.Module):

@@ -171,7 +171,26 @@ class Rezero(nn.Module):
         return out * self.g
 
 
-class ScaleNorm(nn.Module):
+class _L2Norm(nn.Module):
+    """``x / max(|x| / sqrt(dim), eps) * g``: the forward of ScaleNorm and RMSNorm, whose gains differ in shape."""
+
+    def __init__(
+        self,
+        dim: int,  # features
+        eps: float,  # lower bound of the norm
+        gain_features: int,  # entries of the learned gain g
+    ) -> None:
+        super().__init__()
+        self.scale = dim ** -0.5
+        self.eps = eps
+        self.g = nn.Parameter(torch.ones(gain_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = torch.norm(x, dim=-1, keepdim=True) * self.scale
+        return x / norm.clamp(min=self.eps) * self.g
+
+
+class ScaleNorm(_L2Norm):
     """ScaleNorm (Nguyen & Salazar 2019): divide by the L2 norm, times a learned scalar."""
 
     def __init__(
@@ -179,17 +198,10 @@ class ScaleNorm(nn.Module):
         dim: int,  # features
         eps: float = 1e-5,  # lower bound of the norm
     ) -> None:
-        super().__init__()
-        self.scale = dim ** -0.5
-        self.eps = eps
-        self.g = nn.Parameter(torch.ones(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm = torch.norm(x, dim=-1, keepdim=True) * self.scale
-        return x / norm.clamp(min=self.eps) * self.g
+        super().__init__(dim, eps, gain_features=1)
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(_L2Norm):
     """RMSNorm (Zhang & Sennrich 2019) with a learned gain per feature."""
 
     def __init__(
@@ -197,14 +209,7 @@ class RMSNorm(nn.Module):
         dim: int,  # features
         eps: float = 1e-8,  # lower bound of the norm
     ) -> None:
-        super().__init__()
-        self.scale = dim ** -0.5
-        self.eps = eps
-        self.g = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm = torch.norm(x, dim=-1, keepdim=True) * self.scale
-        return x / norm.clamp(min=self.eps) * self.g
+        super().__init__(dim, eps, gain_features=dim)
 
 
 class Residual(nn.Module):

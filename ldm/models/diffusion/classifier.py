@@ -22,10 +22,10 @@ from torch.nn import functional as F
 from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 
-from ldm.models.diffusion.ddpm_module import DEFAULT_LEARNING_RATE, disabled_train, drop_ignored_keys
-from ldm.checkpoint import check_weights_fit, load_state_dict
+from ldm.checkpoint import restore_weights
+from ldm.models.diffusion.ddpm_module import DEFAULT_LEARNING_RATE, disabled_train
 from ldm.modules.diffusionmodules.openaimodel import EncoderUNetModel, UNetModel
-from ldm.util import instantiate_from_config, ismap, log_txt_as_img
+from ldm.util import channels_first, instantiate_from_config, ismap, log_txt_as_img
 
 logger = logging.getLogger(__name__)
 
@@ -84,15 +84,8 @@ class NoisyLatentImageClassifier(pl.LightningModule):
         self.noisy_acc: dict[int, dict[str, list[float]]] = {}
 
     def init_from_ckpt(self, path: str, ignore_keys: tuple[str, ...] | None = None, only_model: bool = False) -> None:
-        sd = drop_ignored_keys(load_state_dict(path), ignore_keys)
-        target = self.model if only_model else self
-        check_weights_fit(target, sd, path)
-        missing, unexpected = target.load_state_dict(sd, strict=False)
-        logger.info("Restored from %s with %d missing and %d unexpected keys", path, len(missing), len(unexpected))
-        if missing:
-            logger.info("Missing Keys: %s", missing)
-        if unexpected:
-            logger.info("Unexpected Keys: %s", unexpected)
+        """Load a checkpoint non-strictly (after dropping ``ignore_keys`` prefixes) and log what was missing."""
+        restore_weights(self.model if only_model else self, path, ignore_keys)
 
     def load_diffusion(self) -> None:
         model = instantiate_from_config(self.diffusion_config, where="model.params.diffusion_path config")
@@ -123,11 +116,8 @@ class NoisyLatentImageClassifier(pl.LightningModule):
 
     @torch.no_grad()
     def get_input(self, batch: Mapping[str, Any], k: str) -> torch.Tensor:
-        x = batch[k]
-        if len(x.shape) == 3:
-            x = x[..., None]
-        x = rearrange(x, "b h w c -> b c h w")
-        return x.to(memory_format=torch.contiguous_format).float()
+        """``batch[k]`` as a float (B, C, H, W) tensor; the data loaders deliver (B, H, W[, C])."""
+        return channels_first(batch[k])
 
     @torch.no_grad()
     def get_conditioning(self, batch: Mapping[str, Any], k: str | None = None) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -20,12 +20,12 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchvision.utils import make_grid
 
-from ldm.checkpoint import check_weights_fit, load_state_dict
+from ldm.checkpoint import restore_weights
 from ldm.models.diffusion.sampling import DDPMSampler
 from ldm.models.diffusion.schedule import GaussianDiffusionMixin, validate_parameterization
 from ldm.models.diffusion.wrapper import DiffusionWrapper
 from ldm.modules.ema import LitEma
-from ldm.util import count_params, instantiate_from_config
+from ldm.util import channels_first, count_params, instantiate_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -50,20 +50,6 @@ def disabled_train(self: nn.Module, mode: bool = True) -> nn.Module:
 def uniform_on_device(r1: float, r2: float, shape: Sequence[int], device: torch.device | str) -> torch.Tensor:
     """Uniform samples from the interval between ``r2`` and ``r1``, drawn on ``device``."""
     return (r1 - r2) * torch.rand(*shape, device=device) + r2
-
-
-def drop_ignored_keys(sd: dict[str, torch.Tensor], ignore_keys: Sequence[str] | None) -> dict[str, torch.Tensor]:
-    """``sd`` without the keys that start with any prefix in ``ignore_keys``."""
-    prefixes = tuple(ignore_keys or ())
-    if not prefixes:
-        return sd
-    kept = {}
-    for k, v in sd.items():
-        if k.startswith(prefixes):
-            log_info("Deleting key %s from state_dict.", k)
-        else:
-            kept[k] = v
-    return kept
 
 
 class DDPM(GaussianDiffusionMixin, pl.LightningModule):
@@ -166,15 +152,7 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
 
     def init_from_ckpt(self, path: str, ignore_keys: Sequence[str] | None = None, only_model: bool = False) -> None:
         """Load a checkpoint non-strictly (after dropping ``ignore_keys`` prefixes) and log what was missing."""
-        sd = drop_ignored_keys(load_state_dict(path), ignore_keys)
-        target = self.model if only_model else self
-        check_weights_fit(target, sd, path)
-        missing, unexpected = target.load_state_dict(sd, strict=False)
-        log_info("Restored from %s with %d missing and %d unexpected keys", path, len(missing), len(unexpected))
-        if missing:
-            log_info("Missing Keys: %s", missing)
-        if unexpected:
-            log_info("Unexpected Keys: %s", unexpected)
+        restore_weights(self.model if only_model else self, path, ignore_keys, log=log_info)
 
     # ------------------------------------------------------------------ reverse process
     def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
@@ -236,11 +214,7 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
 
     def get_input(self, batch: Mapping[str, Any], k: str) -> torch.Tensor:
         """``batch[k]`` as a float (B, C, H, W) tensor; the data loaders deliver (B, H, W[, C])."""
-        x = batch[k]
-        if len(x.shape) == 3:
-            x = x[..., None]
-        x = rearrange(x, "b h w c -> b c h w")
-        return x.to(memory_format=torch.contiguous_format).float()
+        return channels_first(batch[k])
 
     def shared_step(self, batch: Mapping[str, Any]):
         x = self.get_input(batch, self.first_stage_key)
@@ -302,6 +276,19 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
         denoise_grid = rearrange(torch.stack(list(samples)), "n b c h w -> (b n) c h w")
         return make_grid(denoise_grid, nrow=n_imgs_per_row)
 
+    def _diffusion_row(self, x_start: torch.Tensor,
+                       decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """The forward-diffusion grid of ``x_start`` (B, C, H, W): a draw of q(x_t | x_0) every ``log_every_t``
+        steps and at the last step, each passed through ``decode`` when given (a latent model's first stage)."""
+        row = []
+        for t in range(self.num_timesteps):
+            if t % self.log_every_t == 0 or t == self.num_timesteps - 1:
+                t = repeat(torch.tensor([t]), "1 -> b", b=x_start.shape[0]).to(self.device).long()
+                noise = torch.randn_like(x_start)
+                x_t = self.q_sample(x_start=x_start, t=t, noise=noise)
+                row.append(x_t if decode is None else decode(x_t))
+        return self._get_rows_from_list(row)
+
     @staticmethod
     def _select_keys(log: dict[str, Any], return_keys: Sequence[str] | None) -> dict[str, Any]:
         """``log`` restricted to ``return_keys`` (all of it when none of them is present)."""
@@ -320,14 +307,7 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
         x = x.to(self.device)[:N]
         log["inputs"] = x
 
-        diffusion_row = []
-        x_start = x[:n_row]
-        for t in range(self.num_timesteps):
-            if t % self.log_every_t == 0 or t == self.num_timesteps - 1:
-                t = repeat(torch.tensor([t]), "1 -> b", b=n_row).to(self.device).long()
-                noise = torch.randn_like(x_start)
-                diffusion_row.append(self.q_sample(x_start=x_start, t=t, noise=noise))
-        log["diffusion_row"] = self._get_rows_from_list(diffusion_row)
+        log["diffusion_row"] = self._diffusion_row(x[:n_row])
 
         if sample:
             with self.ema_scope("Plotting"):

@@ -10,8 +10,6 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import torch
-from einops import rearrange, repeat
-from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from ldm.models.autoencoder import AutoencoderKL, IdentityFirstStage
@@ -24,12 +22,9 @@ class LatentImageLoggingMixin:
     def _get_denoise_row_from_list(self, samples: Sequence[torch.Tensor], desc: str = "",
                                    force_no_decoder_quantization: bool = False) -> torch.Tensor:
         """Decode each latent batch of ``samples`` and lay them out one row per batch element."""
-        denoise_row = [self.decode_first_stage(zd.to(self.device), force_not_quantize=force_no_decoder_quantization)
-                       for zd in tqdm(samples, desc=desc, disable=not desc)]
-        n_imgs_per_row = len(denoise_row)
-        denoise_row = torch.stack(denoise_row)  # (n_log_step, n_row, C, H, W)
-        denoise_grid = rearrange(denoise_row, "n b c h w -> (b n) c h w")
-        return make_grid(denoise_grid, nrow=n_imgs_per_row)
+        return self._get_rows_from_list([
+            self.decode_first_stage(zd.to(self.device), force_not_quantize=force_no_decoder_quantization)
+            for zd in tqdm(samples, desc=desc, disable=not desc)])
 
     def _conditioning_image(self, batch: Mapping[str, Any], x: torch.Tensor, c: Any, xc: Any,
                             log: dict[str, Any]) -> None:
@@ -68,25 +63,16 @@ class LatentImageLoggingMixin:
             self._conditioning_image(batch, x, c, xc, log)
 
         if plot_diffusion_rows:
-            diffusion_row = []
-            z_start = z[:n_row]
-            for t in range(self.num_timesteps):
-                if t % self.log_every_t == 0 or t == self.num_timesteps - 1:
-                    t = repeat(torch.tensor([t]), "1 -> b", b=n_row).to(self.device).long()
-                    noise = torch.randn_like(z_start)
-                    z_noisy = self.q_sample(x_start=z_start, t=t, noise=noise)
-                    diffusion_row.append(self.decode_first_stage(z_noisy))
-            diffusion_row = torch.stack(diffusion_row)  # (n_log_step, n_row, C, H, W)
-            diffusion_grid = rearrange(diffusion_row, "n b c h w -> (b n) c h w")
-            log["diffusion_row"] = make_grid(diffusion_grid, nrow=diffusion_row.shape[0])
+            log["diffusion_row"] = self._diffusion_row(z[:n_row], decode=self.decode_first_stage)
 
         if sample:
             with self.ema_scope("Plotting"):
                 samples, z_denoise_row = self.sample_log(cond=c, batch_size=N, ddim=use_ddim,
                                                          ddim_steps=ddim_steps, eta=ddim_eta)
             log["samples"] = self.decode_first_stage(samples)
-            if plot_denoise_rows:
-                log["denoise_row"] = self._get_denoise_row_from_list(z_denoise_row)
+            if plot_denoise_rows:  # the states x_t along the way: DDIM returns them as intermediates["x_inter"]
+                states = z_denoise_row["x_inter"] if isinstance(z_denoise_row, dict) else z_denoise_row
+                log["denoise_row"] = self._get_denoise_row_from_list(states)
 
             if quantize_denoised and not isinstance(self.first_stage_model, (AutoencoderKL, IdentityFirstStage)):
                 # samples whose x_0 estimate is quantised at every step

@@ -14,10 +14,9 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
-from ldm.modules.attention import LinearAttention
+from ldm.modules.attention import LinearAttention, SpatialSelfAttention
 
 logger = logging.getLogger(__name__)
 
@@ -128,29 +127,8 @@ class ResnetBlock(nn.Module):
         return x + h
 
 
-class AttnBlock(nn.Module):
+class AttnBlock(SpatialSelfAttention):
     """Single-head spatial self-attention over all ``H * W`` positions, with a residual connection."""
-
-    def __init__(self,
-                 in_channels: int,  # channels in and out (also the attention width)
-                 ):
-        super().__init__()
-        self.in_channels = in_channels
-        self.norm = Normalize(in_channels)
-        self.q = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
-        self.k = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
-        self.v = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
-        self.proj_out = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h_ = self.norm(x)
-        b, c, h, w = x.shape
-        q = rearrange(self.q(h_), "b c h w -> b 1 (h w) c")  # (B, 1, HW, C)
-        k = rearrange(self.k(h_), "b c h w -> b 1 (h w) c")  # (B, 1, HW, C)
-        v = rearrange(self.v(h_), "b c h w -> b 1 (h w) c")  # (B, 1, HW, C)
-        h_ = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C), softmax(q k^T / sqrt(C)) v
-        h_ = rearrange(h_, "b 1 (h w) c -> b c h w", h=h, w=w)  # (B, C, H, W)
-        return x + self.proj_out(h_)
 
 
 class LinAttnBlock(LinearAttention):
@@ -174,50 +152,75 @@ def make_attn(in_channels: int, attn_type: str = "vanilla") -> nn.Module:
     return LinAttnBlock(in_channels)
 
 
-def _down_path(owner: nn.Module, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
-               attn_resolutions: Sequence[int], dropout: float, resamp_with_conv: bool, resolution: int,
-               temb_ch: int, attn_type: str) -> tuple[int, int]:
+class _ResolutionLevels(nn.Module):
+    """What `Model`, `Encoder` and `Decoder` share: the widths and levels the path builders below read."""
+
+    def __init__(self,
+                 ch: int,  # base channel count
+                 temb_ch: int,  # width of the timestep embedding; 0 for none
+                 ch_mult: Sequence[int],  # channel multiplier per resolution level
+                 num_res_blocks: int,  # residual blocks per level
+                 resolution: int,  # image resolution, to place the attention blocks
+                 in_channels: int | None,  # input channels
+                 ):
+        super().__init__()
+        self.ch = ch
+        self.temb_ch = temb_ch
+        self.num_resolutions = len(ch_mult)
+        self.num_res_blocks = num_res_blocks
+        self.resolution = resolution
+        self.in_channels = in_channels
+
+
+def _level(owner: _ResolutionLevels, block_in: int, block_out: int, skip_ins: Sequence[int], dropout: float,
+           with_attn: bool, attn_type: str) -> tuple[nn.Module, int]:
+    """One resolution level: ``len(skip_ins)`` residual blocks to ``block_out`` channels (``level.block``), block
+    ``i`` also taking ``skip_ins[i]`` channels of a skip connection, each followed by attention when ``with_attn``
+    (``level.attn``). Returns the level and its output channels."""
+    level = nn.Module()
+    level.block = nn.ModuleList()
+    level.attn = nn.ModuleList()
+    for skip_in in skip_ins:
+        level.block.append(ResnetBlock(in_channels=block_in + skip_in, out_channels=block_out,
+                                       temb_channels=owner.temb_ch, dropout=dropout))
+        block_in = block_out
+        if with_attn:
+            level.attn.append(make_attn(block_in, attn_type=attn_type))
+    return level, block_in
+
+
+def _down_path(owner: _ResolutionLevels, ch_mult: Sequence[int], attn_resolutions: Sequence[int], dropout: float,
+               resamp_with_conv: bool, attn_type: str) -> tuple[int, int]:
     """Build ``owner.down`` (resolution levels of residual blocks, attention, downsampling) and ``owner.mid``.
 
     Returns the channel count and spatial resolution at the bottom.
     """
-    curr_res = resolution
+    curr_res = owner.resolution
     in_ch_mult = (1,) + tuple(ch_mult)
     owner.down = nn.ModuleList()
-    block_in = ch
-    for i_level in range(len(ch_mult)):
-        block = nn.ModuleList()
-        attn = nn.ModuleList()
-        block_in = ch * in_ch_mult[i_level]
-        block_out = ch * ch_mult[i_level]
-        for _ in range(num_res_blocks):
-            block.append(ResnetBlock(in_channels=block_in, out_channels=block_out, temb_channels=temb_ch,
-                                     dropout=dropout))
-            block_in = block_out
-            if curr_res in attn_resolutions:
-                attn.append(make_attn(block_in, attn_type=attn_type))
-        down = nn.Module()
-        down.block = block
-        down.attn = attn
-        if i_level != len(ch_mult) - 1:
+    block_in = owner.ch
+    for i_level in range(owner.num_resolutions):
+        down, block_in = _level(owner, owner.ch * in_ch_mult[i_level], owner.ch * ch_mult[i_level],
+                                [0] * owner.num_res_blocks, dropout, curr_res in attn_resolutions, attn_type)
+        if i_level != owner.num_resolutions - 1:
             down.downsample = Downsample(block_in, resamp_with_conv)
             curr_res = curr_res // 2
         owner.down.append(down)
-    _mid(owner, block_in, temb_ch, dropout, attn_type)
+    _mid(owner, block_in, dropout, attn_type)
     return block_in, curr_res
 
 
-def _mid(owner: nn.Module, block_in: int, temb_ch: int, dropout: float, attn_type: str) -> None:
+def _mid(owner: _ResolutionLevels, block_in: int, dropout: float, attn_type: str) -> None:
     """Build ``owner.mid``: residual block, attention, residual block."""
     owner.mid = nn.Module()
-    owner.mid.block_1 = ResnetBlock(in_channels=block_in, out_channels=block_in, temb_channels=temb_ch,
+    owner.mid.block_1 = ResnetBlock(in_channels=block_in, out_channels=block_in, temb_channels=owner.temb_ch,
                                     dropout=dropout)
     owner.mid.attn_1 = make_attn(block_in, attn_type=attn_type)
-    owner.mid.block_2 = ResnetBlock(in_channels=block_in, out_channels=block_in, temb_channels=temb_ch,
+    owner.mid.block_2 = ResnetBlock(in_channels=block_in, out_channels=block_in, temb_channels=owner.temb_ch,
                                     dropout=dropout)
 
 
-def _run_down(owner: nn.Module, x: torch.Tensor, temb: torch.Tensor | None) -> list[torch.Tensor]:
+def _run_down(owner: _ResolutionLevels, x: torch.Tensor, temb: torch.Tensor | None) -> list[torch.Tensor]:
     """Run ``owner.conv_in`` and ``owner.down``; returns every intermediate feature map (skip connections)."""
     hs = [owner.conv_in(x)]  # (B, ch, H, W)
     for i_level in range(owner.num_resolutions):
@@ -231,13 +234,51 @@ def _run_down(owner: nn.Module, x: torch.Tensor, temb: torch.Tensor | None) -> l
     return hs
 
 
-def _run_mid(owner: nn.Module, h: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+def _run_mid(owner: _ResolutionLevels, h: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
     h = owner.mid.block_1(h, temb)
     h = owner.mid.attn_1(h)
     return owner.mid.block_2(h, temb)
 
 
-class Model(nn.Module):
+def _up_path(owner: _ResolutionLevels, ch_mult: Sequence[int], attn_resolutions: Sequence[int], dropout: float,
+             resamp_with_conv: bool, block_in: int, curr_res: int, attn_type: str, skip: bool) -> int:
+    """Build ``owner.up`` (resolution levels of ``num_res_blocks + 1`` residual blocks, attention, upsampling).
+
+    With ``skip`` each residual block also takes the matching feature map of the down path (the U-Net's
+    skip connections). Returns the channel count at the top.
+    """
+    in_ch_mult = (1,) + tuple(ch_mult)
+    owner.up = nn.ModuleList()
+    for i_level in reversed(range(owner.num_resolutions)):
+        if skip:  # the down path's feature maps: one per residual block, then the level's input
+            skip_ins = [owner.ch * ch_mult[i_level]] * owner.num_res_blocks + [owner.ch * in_ch_mult[i_level]]
+        else:
+            skip_ins = [0] * (owner.num_res_blocks + 1)
+        up, block_in = _level(owner, block_in, owner.ch * ch_mult[i_level], skip_ins, dropout,
+                              curr_res in attn_resolutions, attn_type)
+        if i_level != 0:
+            up.upsample = Upsample(block_in, resamp_with_conv)
+            curr_res = curr_res * 2
+        owner.up.insert(0, up)  # prepend: up[i] is the level of down[i]
+    return block_in
+
+
+def _run_up(owner: _ResolutionLevels, h: torch.Tensor, temb: torch.Tensor | None,
+            hs: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Run ``owner.up``; with ``hs`` (the down path's feature maps) each block first takes the last of them."""
+    for i_level in reversed(range(owner.num_resolutions)):
+        for i_block in range(owner.num_res_blocks + 1):
+            if hs is not None:
+                h = torch.cat([h, hs.pop()], dim=1)  # (B, C + C_skip, H, W)
+            h = owner.up[i_level].block[i_block](h, temb)
+            if len(owner.up[i_level].attn) > 0:
+                h = owner.up[i_level].attn[i_block](h)
+        if i_level != 0:
+            h = owner.up[i_level].upsample(h)  # (B, C, 2H, 2W)
+    return h
+
+
+class Model(_ResolutionLevels):
     """The pixel-space DDPM U-Net (Ho et al. 2020) with a sinusoidal timestep embedding."""
 
     def __init__(self, *,
@@ -254,15 +295,9 @@ class Model(nn.Module):
                  use_linear_attn: bool = False,  # shorthand for attn_type="linear"
                  attn_type: str = "vanilla",  # "vanilla", "linear" or "none"
                  ):
-        super().__init__()
+        super().__init__(ch, 4 * ch, ch_mult, num_res_blocks, resolution, in_channels)
         if use_linear_attn:
             attn_type = "linear"
-        self.ch = ch
-        self.temb_ch = self.ch * 4
-        self.num_resolutions = len(ch_mult)
-        self.num_res_blocks = num_res_blocks
-        self.resolution = resolution
-        self.in_channels = in_channels
 
         self.use_timestep = use_timestep
         if self.use_timestep:
@@ -270,32 +305,9 @@ class Model(nn.Module):
             self.temb.dense = nn.ModuleList([nn.Linear(self.ch, self.temb_ch), nn.Linear(self.temb_ch, self.temb_ch)])
 
         self.conv_in = nn.Conv2d(in_channels, self.ch, kernel_size=3, stride=1, padding=1)
-        block_in, curr_res = _down_path(self, ch, ch_mult, num_res_blocks, attn_resolutions, dropout,
-                                        resamp_with_conv, resolution, self.temb_ch, attn_type)
-
-        in_ch_mult = (1,) + tuple(ch_mult)
-        self.up = nn.ModuleList()
-        for i_level in reversed(range(self.num_resolutions)):
-            block = nn.ModuleList()
-            attn = nn.ModuleList()
-            block_out = ch * ch_mult[i_level]
-            skip_in = ch * ch_mult[i_level]
-            for i_block in range(self.num_res_blocks + 1):
-                if i_block == self.num_res_blocks:
-                    skip_in = ch * in_ch_mult[i_level]
-                block.append(ResnetBlock(in_channels=block_in + skip_in, out_channels=block_out,
-                                         temb_channels=self.temb_ch, dropout=dropout))
-                block_in = block_out
-                if curr_res in attn_resolutions:
-                    attn.append(make_attn(block_in, attn_type=attn_type))
-            up = nn.Module()
-            up.block = block
-            up.attn = attn
-            if i_level != 0:
-                up.upsample = Upsample(block_in, resamp_with_conv)
-                curr_res = curr_res * 2
-            self.up.insert(0, up)  # prepend: up[i] is the level of down[i]
-
+        block_in, curr_res = _down_path(self, ch_mult, attn_resolutions, dropout, resamp_with_conv, attn_type)
+        block_in = _up_path(self, ch_mult, attn_resolutions, dropout, resamp_with_conv, block_in, curr_res,
+                            attn_type, skip=True)
         self.norm_out = Normalize(block_in)
         self.conv_out = nn.Conv2d(block_in, out_ch, kernel_size=3, stride=1, padding=1)
 
@@ -313,20 +325,14 @@ class Model(nn.Module):
 
         hs = _run_down(self, x, temb)
         h = _run_mid(self, hs[-1], temb)  # (B, C, H / 2^(L-1), W / 2^(L-1))
-        for i_level in reversed(range(self.num_resolutions)):
-            for i_block in range(self.num_res_blocks + 1):
-                h = self.up[i_level].block[i_block](torch.cat([h, hs.pop()], dim=1), temb)
-                if len(self.up[i_level].attn) > 0:
-                    h = self.up[i_level].attn[i_block](h)
-            if i_level != 0:
-                h = self.up[i_level].upsample(h)
+        h = _run_up(self, h, temb, hs)  # (B, ch * ch_mult[0], H, W)
         return self.conv_out(nonlinearity(self.norm_out(h)))  # (B, out_ch, H, W)
 
     def get_last_layer(self) -> torch.Tensor:
         return self.conv_out.weight
 
 
-class Encoder(nn.Module):
+class Encoder(_ResolutionLevels):
     """The first-stage encoder: image ``(B, C, H, W)`` to latent ``(B, z, H / 2^(L-1), W / 2^(L-1))``."""
 
     def __init__(self, *,
@@ -345,20 +351,13 @@ class Encoder(nn.Module):
                  attn_type: str = "vanilla",  # "vanilla", "linear" or "none"
                  **ignore_kwargs: Any,  # decoder-only options of a shared ddconfig (give_pre_end, tanh_out)
                  ):
-        super().__init__()
+        super().__init__(ch, 0, ch_mult, num_res_blocks, resolution, in_channels)
         if use_linear_attn:
             attn_type = "linear"
-        self.ch = ch
-        self.temb_ch = 0
-        self.num_resolutions = len(ch_mult)
-        self.num_res_blocks = num_res_blocks
-        self.resolution = resolution
-        self.in_channels = in_channels
         self.in_ch_mult = (1,) + tuple(ch_mult)
 
         self.conv_in = nn.Conv2d(in_channels, self.ch, kernel_size=3, stride=1, padding=1)
-        block_in, _ = _down_path(self, ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv,
-                                 resolution, self.temb_ch, attn_type)
+        block_in, _ = _down_path(self, ch_mult, attn_resolutions, dropout, resamp_with_conv, attn_type)
         self.norm_out = Normalize(block_in)
         self.conv_out = nn.Conv2d(block_in, 2 * z_channels if double_z else z_channels, kernel_size=3, stride=1,
                                   padding=1)
@@ -369,7 +368,7 @@ class Encoder(nn.Module):
         return self.conv_out(nonlinearity(self.norm_out(h)))  # (B, z or 2z, H / 2^(L-1), W / 2^(L-1))
 
 
-class Decoder(nn.Module):
+class Decoder(_ResolutionLevels):
     """The first-stage decoder: latent ``(B, z, h, w)`` to image ``(B, out_ch, h * 2^(L-1), w * 2^(L-1))``."""
 
     def __init__(self, *,
@@ -389,15 +388,9 @@ class Decoder(nn.Module):
                  attn_type: str = "vanilla",  # "vanilla", "linear" or "none"
                  **ignorekwargs: Any,  # encoder-only options of a shared ddconfig (double_z)
                  ):
-        super().__init__()
+        super().__init__(ch, 0, ch_mult, num_res_blocks, resolution, in_channels)
         if use_linear_attn:
             attn_type = "linear"
-        self.ch = ch
-        self.temb_ch = 0
-        self.num_resolutions = len(ch_mult)
-        self.num_res_blocks = num_res_blocks
-        self.resolution = resolution
-        self.in_channels = in_channels
         self.give_pre_end = give_pre_end
         self.tanh_out = tanh_out
 
@@ -407,27 +400,9 @@ class Decoder(nn.Module):
         logger.debug("Working with z of shape %s = %d dimensions.", self.z_shape, math.prod(self.z_shape))
 
         self.conv_in = nn.Conv2d(z_channels, block_in, kernel_size=3, stride=1, padding=1)
-        _mid(self, block_in, self.temb_ch, dropout, attn_type)
-
-        self.up = nn.ModuleList()
-        for i_level in reversed(range(self.num_resolutions)):
-            block = nn.ModuleList()
-            attn = nn.ModuleList()
-            block_out = ch * ch_mult[i_level]
-            for _ in range(self.num_res_blocks + 1):
-                block.append(ResnetBlock(in_channels=block_in, out_channels=block_out, temb_channels=self.temb_ch,
-                                         dropout=dropout))
-                block_in = block_out
-                if curr_res in attn_resolutions:
-                    attn.append(make_attn(block_in, attn_type=attn_type))
-            up = nn.Module()
-            up.block = block
-            up.attn = attn
-            if i_level != 0:
-                up.upsample = Upsample(block_in, resamp_with_conv)
-                curr_res = curr_res * 2
-            self.up.insert(0, up)  # prepend: up[i] is the level of the encoder's down[i]
-
+        _mid(self, block_in, dropout, attn_type)
+        block_in = _up_path(self, ch_mult, attn_resolutions, dropout, resamp_with_conv, block_in, curr_res,
+                            attn_type, skip=False)
         self.norm_out = Normalize(block_in)
         self.conv_out = nn.Conv2d(block_in, out_ch, kernel_size=3, stride=1, padding=1)
 
@@ -435,13 +410,7 @@ class Decoder(nn.Module):
         self.last_z_shape = z.shape
         h = self.conv_in(z)  # (B, C, h, w)
         h = _run_mid(self, h, None)
-        for i_level in reversed(range(self.num_resolutions)):
-            for i_block in range(self.num_res_blocks + 1):
-                h = self.up[i_level].block[i_block](h, None)
-                if len(self.up[i_level].attn) > 0:
-                    h = self.up[i_level].attn[i_block](h)
-            if i_level != 0:
-                h = self.up[i_level].upsample(h)  # (B, C, 2h, 2w)
+        h = _run_up(self, h, None)  # (B, ch * ch_mult[0], H, W)
         if self.give_pre_end:
             return h  # (B, ch * ch_mult[0], H, W)
         h = self.conv_out(nonlinearity(self.norm_out(h)))  # (B, out_ch, H, W)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -281,8 +281,8 @@ class ResBlock(TimestepBlock):
         return self.skip_connection(x) + h  # (B, C_out, H', W')
 
 
-class QKVAttentionLegacy(nn.Module):
-    """Multi-head attention on a packed (B, heads * 3 * C, T) qkv tensor, heads outermost (ADM's legacy order)."""
+class _PackedQKVAttention(nn.Module):
+    """Multi-head attention on a packed (B, 3 * heads * C, T) qkv tensor; subclasses say how it is packed."""
 
     def __init__(
         self,
@@ -296,41 +296,32 @@ class QKVAttentionLegacy(nn.Module):
         if width % (3 * self.n_heads):
             raise ValueError(f"qkv width {width} is not divisible by 3 * n_heads = {3 * self.n_heads}")
         return _packed_attention(*self.split_heads(qkv.transpose(1, 2))).transpose(1, 2)  # (B, h*C, T)
+
+    @abstractmethod
+    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Views ``(B, T, h, C)`` of q, k, v in packed ``(B, T, 3 * h * C)`` tokens."""
+
+    @staticmethod
+    def count_flops(model: nn.Module, _x: Any, y: tuple[torch.Tensor]) -> None:
+        count_flops_attn(model, _x, y)
+
+
+class QKVAttentionLegacy(_PackedQKVAttention):
+    """Multi-head attention on a packed (B, heads * 3 * C, T) qkv tensor, heads outermost (ADM's legacy order)."""
 
     def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Views ``(B, T, h, C)`` of q, k, v in packed ``(B, T, h * 3 * C)`` tokens, heads outermost."""
         qkv = qkv.unflatten(-1, (self.n_heads, 3, -1))  # (B, T, h, 3, C)
         return qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
 
-    @staticmethod
-    def count_flops(model: nn.Module, _x: Any, y: tuple[torch.Tensor]) -> None:
-        count_flops_attn(model, _x, y)
 
-
-class QKVAttention(nn.Module):
+class QKVAttention(_PackedQKVAttention):
     """Multi-head attention on a packed (B, 3 * heads * C, T) qkv tensor, q/k/v outermost (the new order)."""
-
-    def __init__(
-        self,
-        n_heads: int,  # attention heads
-    ) -> None:
-        super().__init__()
-        self.n_heads = n_heads
-
-    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
-        bs, width, length = qkv.shape
-        if width % (3 * self.n_heads):
-            raise ValueError(f"qkv width {width} is not divisible by 3 * n_heads = {3 * self.n_heads}")
-        return _packed_attention(*self.split_heads(qkv.transpose(1, 2))).transpose(1, 2)  # (B, h*C, T)
 
     def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Views ``(B, T, h, C)`` of q, k, v in packed ``(B, T, 3 * h * C)`` tokens, q/k/v outermost."""
         qkv = qkv.unflatten(-1, (3, self.n_heads, -1))  # (B, T, 3, h, C)
         return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-
-    @staticmethod
-    def count_flops(model: nn.Module, _x: Any, y: tuple[torch.Tensor]) -> None:
-        count_flops_attn(model, _x, y)
 
 
 def _packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -394,6 +385,46 @@ class AttentionBlock(nn.Module):
 def _restore_memory_format(module: nn.Module, _incompatible_keys: Any) -> None:
     """After ``load_state_dict(..., assign=True)`` put the newly assigned weights back in the model's memory format."""
     module.use_channels_last(module.channels_last)
+
+
+def _input_blocks(
+    dims: int,  # 1, 2 or 3: the signal's dimensionality
+    in_channels: int,  # channels of the input
+    model_channels: int,  # base channel count
+    channel_mult: Sequence[int],  # channel multiplier per resolution level
+    num_res_blocks: int,  # residual blocks per level
+    attention_resolutions: Sequence[int],  # downsampling factors at which to attend
+    conv_resample: bool,  # learned convolutions for downsampling
+    resblock_updown: bool,  # residual blocks (not Downsample) change the resolution
+    res_block: Callable[..., ResBlock],  # res_block(ch_in, ch_out=None, down=False), the model's residual block
+    attention: Callable[[int], nn.Module],  # attention(ch), the model's attention block
+) -> tuple[nn.ModuleList, list[int], int]:
+    """The downsampling path that `UNetModel` and `EncoderUNetModel` share: an input convolution, then per level
+    residual blocks (with attention at ``attention_resolutions``) and a downsampling block between levels.
+
+    Returns the blocks, the output channels of each (the U-Net's skip connections) and the downsampling
+    factor at the bottom.
+    """
+    blocks = nn.ModuleList([TimestepEmbedSequential(conv_nd(dims, in_channels, model_channels, 3, padding=1))])
+    chans = [model_channels]
+    ch = model_channels
+    ds = 1
+    for level, mult in enumerate(channel_mult):
+        for _ in range(num_res_blocks):
+            layers = [res_block(ch, mult * model_channels)]
+            ch = mult * model_channels
+            if ds in attention_resolutions:
+                layers.append(attention(ch))
+            blocks.append(TimestepEmbedSequential(*layers))
+            chans.append(ch)
+        if level != len(channel_mult) - 1:
+            blocks.append(TimestepEmbedSequential(
+                res_block(ch, ch, down=True) if resblock_updown
+                else Downsample(ch, conv_resample, dims=dims, out_channels=ch)
+            ))
+            chans.append(ch)
+            ds *= 2
+    return blocks, chans, ds
 
 
 class UNetModel(nn.Module):
@@ -465,9 +496,10 @@ class UNetModel(nn.Module):
                             use_checkpoint=use_checkpoint, use_scale_shift_norm=use_scale_shift_norm,
                             up=up, down=down)
 
-        def attention(ch: int, heads: int, heads_attention_block: int | None) -> tuple[nn.Module, int]:
-            # the original's head arithmetic; ``heads`` carries over from level to level as it does there
+        def attention(ch: int, heads_attention_block: int | None = None) -> nn.Module:
+            # the original's head arithmetic
             if num_head_channels == -1:
+                heads = num_heads
                 dim_head = ch // heads
             else:
                 heads = ch // num_head_channels
@@ -481,7 +513,7 @@ class UNetModel(nn.Module):
                 block = AttentionBlock(ch, use_checkpoint=use_checkpoint,
                                        num_heads=heads if heads_attention_block is None else heads_attention_block,
                                        num_head_channels=dim_head, use_new_attention_order=use_new_attention_order)
-            return block, heads
+            return block
 
         time_embed_dim = model_channels * 4
         self.time_embed = nn.Sequential(
@@ -493,36 +525,13 @@ class UNetModel(nn.Module):
         if self.num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, time_embed_dim)
 
-        self.input_blocks = nn.ModuleList([
-            TimestepEmbedSequential(conv_nd(dims, in_channels, model_channels, 3, padding=1)),
-        ])
-        self._feature_size = model_channels
-        input_block_chans = [model_channels]
-        ch = model_channels
-        ds = 1
-        heads = num_heads
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers = [res_block(ch, mult * model_channels)]
-                ch = mult * model_channels
-                if ds in attention_resolutions:
-                    block, heads = attention(ch, heads, None)
-                    layers.append(block)
-                self.input_blocks.append(TimestepEmbedSequential(*layers))
-                self._feature_size += ch
-                input_block_chans.append(ch)
-            if level != len(channel_mult) - 1:
-                out_ch = ch
-                self.input_blocks.append(TimestepEmbedSequential(
-                    res_block(ch, out_ch, down=True) if resblock_updown
-                    else Downsample(ch, conv_resample, dims=dims, out_channels=out_ch)
-                ))
-                ch = out_ch
-                input_block_chans.append(ch)
-                ds *= 2
-                self._feature_size += ch
+        self.input_blocks, input_block_chans, ds = _input_blocks(
+            dims, in_channels, model_channels, channel_mult, num_res_blocks, attention_resolutions, conv_resample,
+            resblock_updown, res_block, attention)
+        self._feature_size = sum(input_block_chans)
+        ch = input_block_chans[-1]
 
-        middle_attention, heads = attention(ch, heads, None)
+        middle_attention = attention(ch)
         self.middle_block = TimestepEmbedSequential(
             res_block(ch),
             middle_attention,
@@ -537,8 +546,7 @@ class UNetModel(nn.Module):
                 layers = [res_block(ch + ich, model_channels * mult)]
                 ch = model_channels * mult
                 if ds in attention_resolutions:
-                    block, heads = attention(ch, heads, num_heads_upsample)
-                    layers.append(block)
+                    layers.append(attention(ch, num_heads_upsample))
                 if level and i == num_res_blocks:
                     out_ch = ch
                     layers.append(
@@ -692,29 +700,11 @@ class EncoderUNetModel(nn.Module):
             linear(time_embed_dim, time_embed_dim),
         )
 
-        self.input_blocks = nn.ModuleList([
-            TimestepEmbedSequential(conv_nd(dims, in_channels, model_channels, 3, padding=1)),
-        ])
-        self._feature_size = model_channels
-        ch = model_channels
-        ds = 1
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers = [res_block(ch, mult * model_channels)]
-                ch = mult * model_channels
-                if ds in attention_resolutions:
-                    layers.append(attention(ch))
-                self.input_blocks.append(TimestepEmbedSequential(*layers))
-                self._feature_size += ch
-            if level != len(channel_mult) - 1:
-                out_ch = ch
-                self.input_blocks.append(TimestepEmbedSequential(
-                    res_block(ch, out_ch, down=True) if resblock_updown
-                    else Downsample(ch, conv_resample, dims=dims, out_channels=out_ch)
-                ))
-                ch = out_ch
-                ds *= 2
-                self._feature_size += ch
+        self.input_blocks, input_block_chans, ds = _input_blocks(
+            dims, in_channels, model_channels, channel_mult, num_res_blocks, attention_resolutions, conv_resample,
+            resblock_updown, res_block, attention)
+        self._feature_size = sum(input_block_chans)
+        ch = input_block_chans[-1]
 
         self.middle_block = TimestepEmbedSequential(res_block(ch), attention(ch), res_block(ch))
         self._feature_size += ch

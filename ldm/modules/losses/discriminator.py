@@ -104,24 +104,20 @@ class NLayerDiscriminator(nn.Module):
         use_bias = norm_layer is not nn.BatchNorm2d  # BatchNorm's affine shift makes a conv bias redundant
 
         kw, padw = DISC_KERNEL, DISC_PADDING
+
+        def conv_norm_act(ch_in: int, ch_out: int, stride: int) -> list[nn.Module]:
+            return [nn.Conv2d(ch_in, ch_out, kernel_size=kw, stride=stride, padding=padw, bias=use_bias),
+                    norm_layer(ch_out),
+                    nn.LeakyReLU(LEAKY_SLOPE, True)]
+
         sequence: list[nn.Module] = [nn.Conv2d(input_nc, ndf, kernel_size=kw, stride=2, padding=padw),
                                      nn.LeakyReLU(LEAKY_SLOPE, True)]
         nf_mult = 1
         for n in range(1, n_layers):  # gradually increase the number of filters
-            nf_mult_prev = nf_mult
-            nf_mult = min(2 ** n, MAX_NF_MULT)
-            sequence += [
-                nn.Conv2d(ndf * nf_mult_prev, ndf * nf_mult, kernel_size=kw, stride=2, padding=padw, bias=use_bias),
-                norm_layer(ndf * nf_mult),
-                nn.LeakyReLU(LEAKY_SLOPE, True),
-            ]
-        nf_mult_prev = nf_mult
-        nf_mult = min(2 ** n_layers, MAX_NF_MULT)
-        sequence += [
-            nn.Conv2d(ndf * nf_mult_prev, ndf * nf_mult, kernel_size=kw, stride=1, padding=padw, bias=use_bias),
-            norm_layer(ndf * nf_mult),
-            nn.LeakyReLU(LEAKY_SLOPE, True),
-        ]
+            nf_mult_prev, nf_mult = nf_mult, min(2 ** n, MAX_NF_MULT)
+            sequence += conv_norm_act(ndf * nf_mult_prev, ndf * nf_mult, stride=2)
+        nf_mult_prev, nf_mult = nf_mult, min(2 ** n_layers, MAX_NF_MULT)
+        sequence += conv_norm_act(ndf * nf_mult_prev, ndf * nf_mult, stride=1)
         sequence += [nn.Conv2d(ndf * nf_mult, 1, kernel_size=kw, stride=1, padding=padw)]  # one logit per patch
         self.main = nn.Sequential(*sequence)
 

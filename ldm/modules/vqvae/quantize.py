@@ -21,6 +21,13 @@ logger = logging.getLogger(__name__)
 UNKNOWN_INDEX_MODES = ("random", "extra")
 
 
+def _per_batch(inds: torch.Tensor, method: str) -> torch.Tensor:
+    """Indices ``(B, ...)`` flattened to ``(B, N)``; ``method`` names the caller in the error without a batch axis."""
+    if inds.ndim < 2:
+        raise ValueError(f"{method} expects indices with a batch axis, (B, ...); got shape {tuple(inds.shape)}")
+    return inds.reshape(inds.shape[0], -1)
+
+
 class VectorQuantizer2(nn.Module):
     """Nearest-codebook-entry quantization with straight-through gradients.
 
@@ -66,9 +73,7 @@ class VectorQuantizer2(nn.Module):
     def remap_to_used(self, inds: torch.Tensor) -> torch.Tensor:
         """Map codebook indices ``(B, ...)`` to positions in ``used``; codes not in ``used`` get unknown_index."""
         ishape = inds.shape
-        if len(ishape) < 2:
-            raise ValueError(f"remap_to_used expects indices with a batch axis, (B, ...); got shape {tuple(ishape)}")
-        inds = inds.reshape(ishape[0], -1)  # (B, N)
+        inds = _per_batch(inds, "remap_to_used")  # (B, N)
         used = self.used.to(inds)
         match = (inds[:, :, None] == used[None, None, ...]).long()  # (B, N, U)
         new = match.argmax(-1)  # (B, N)
@@ -82,9 +87,7 @@ class VectorQuantizer2(nn.Module):
     def unmap_to_all(self, inds: torch.Tensor) -> torch.Tensor:
         """Inverse of `remap_to_used`: positions in ``used`` ``(B, ...)`` back to codebook indices."""
         ishape = inds.shape
-        if len(ishape) < 2:
-            raise ValueError(f"unmap_to_all expects indices with a batch axis, (B, ...); got shape {tuple(ishape)}")
-        inds = inds.reshape(ishape[0], -1)  # (B, N)
+        inds = _per_batch(inds, "unmap_to_all")  # (B, N)
         used = self.used.to(inds)
         if self.re_embed > self.used.shape[0]:  # the "extra" token maps back to code 0
             inds[inds >= self.used.shape[0]] = 0
