@@ -63,13 +63,20 @@ def test_compile_unet_finds_the_unet_of_a_diffusion_model(monkeypatch):
 
 
 @pytest.mark.skipif(ldm_compile.unavailable_reason(torch.device("cpu")) is not None, reason="no C++ compiler")
-def test_compiled_unet_matches_eager_and_keeps_its_keys():
+@pytest.mark.parametrize("convolutions_as_gemm", [False, True])
+def test_compiled_unet_matches_eager_and_keeps_its_keys(convolutions_as_gemm, monkeypatch, caplog):
+    from ldm.modules.diffusionmodules import util
+
+    if convolutions_as_gemm:  # the path of large weights on small maps (util.Conv2d), here for every convolution
+        monkeypatch.setattr(util, "GEMM_CONV_MIN_WEIGHT", 0)
+        monkeypatch.setattr(util, "GEMM_CONV_MAX_POSITIONS", 1 << 30)
     m, args, kwargs = _unet()
     keys = list(m.state_dict())
-    with torch.no_grad():
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="ldm.compile"):
         ref = m(*args, **kwargs)
         assert ldm_compile.compile_unet(m)
         out = m(*args, **kwargs)
+    assert "running it eagerly" not in caplog.text  # compiled, not the eager fallback
     assert list(m.state_dict()) == keys
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * max(1.0, ref.abs().max().item()))
 

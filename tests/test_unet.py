@@ -410,3 +410,45 @@ def test_unet_parity_with_every_convolution_as_gemm(name, monkeypatch):
     monkeypatch.setattr(util, "conv2d_as_gemm", lambda *a: calls.append(1) or as_gemm(*a))
     test_unet_parity(name)
     assert len(calls) > 0
+
+
+def test_dense_matches_linear_at_inference_and_keeps_gradients():
+    from ldm.modules.diffusionmodules import util
+
+    torch.manual_seed(0)
+    layer = util.Linear(24, 40)
+    x = torch.randn(3, 7, 24)
+    ref = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    with torch.no_grad():
+        out = layer(x)
+        out_t = util.dense(torch.randn(3, 24, 7).transpose(1, 2), layer.weight)  # a strided input, no bias
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    assert out.shape == (3, 7, 40) and out_t.shape == (3, 7, 40)
+    y = layer(x)  # with gradients: F.linear, whose backward runs
+    assert torch.equal(y, ref)
+    y.square().sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    assert list(layer.state_dict()) == ["weight", "bias"]
+
+
+@pytest.mark.parametrize("name", ["unet_crossattn", "unet_adm_scale_shift"])
+def test_unet_parity_at_inference_with_the_fast_paths(name, monkeypatch):
+    """Under no_grad (oneDNN matrix products, every 2-D convolution a GEMM) the golden outputs hold."""
+    from ldm.modules.diffusionmodules import util
+
+    monkeypatch.setattr(util, "GEMM_CONV_MIN_WEIGHT", 0)
+    monkeypatch.setattr(util, "GEMM_CONV_MAX_POSITIONS", 1 << 30)
+    calls = []
+    fast = util._ONEDNN_LINEAR
+    if fast is not None:
+        monkeypatch.setattr(util, "_ONEDNN_LINEAR", lambda *a: calls.append(1) or fast(*a))
+    case = load_case(name)
+    m = instantiate_from_config(case["config"])
+    m.load_state_dict(case["state_dict"], strict=True)
+    m.eval()
+    inputs = case["inputs"]
+    extra = {k: inputs[k] for k in ("context", "y") if k in inputs}
+    with torch.no_grad():
+        out = m(inputs["x"], timesteps=inputs["timesteps"], **extra)
+    assert_close(out, case["outputs"]["out"], f"{name}/out")
+    assert fast is None or len(calls) > 0

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ldm.modules.diffusionmodules.util import checkpoint
+from ldm.modules.diffusionmodules.util import Linear, checkpoint, dense
 
 #: Epsilon of the plain GroupNorm used around the spatial transformer (differs from the U-Net's 1e-5).
 NORMALIZE_EPS = 1e-6
@@ -90,7 +90,7 @@ def feature_map_of(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 def conv1x1_tokens(conv: nn.Conv2d | nn.Conv1d, tokens: torch.Tensor) -> torch.Tensor:
     """A 1x1 convolution applied to ``(B, T, C_in)`` tokens as the matrix product it is: ``(B, T, C_out)``."""
-    return F.linear(tokens, conv.weight.flatten(1), conv.bias)
+    return dense(tokens, conv.weight.flatten(1), conv.bias)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
@@ -114,7 +114,7 @@ class GEGLU(nn.Module):
         dim_out: int,  # output features
     ) -> None:
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.proj = Linear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, gate = self.proj(x).chunk(2, dim=-1)
@@ -142,8 +142,8 @@ class FeedForward(nn.Module):
         super().__init__()
         inner_dim = int(dim * mult)
         dim_out = default(dim_out, dim)
-        project_in = GEGLU(dim, inner_dim) if glu else nn.Sequential(nn.Linear(dim, inner_dim), nn.GELU())
-        self.net = nn.Sequential(project_in, nn.Dropout(dropout), nn.Linear(inner_dim, dim_out))
+        project_in = GEGLU(dim, inner_dim) if glu else nn.Sequential(Linear(dim, inner_dim), nn.GELU())
+        self.net = nn.Sequential(project_in, nn.Dropout(dropout), Linear(inner_dim, dim_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or x.numel() // x.shape[-1] <= FEED_FORWARD_CHUNK:
@@ -219,10 +219,10 @@ class CrossAttention(nn.Module):
         context_dim = default(context_dim, query_dim)
         self.scale = dim_head ** -0.5
         self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
-        self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
-        self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
+        self.to_q = Linear(query_dim, inner_dim, bias=False)
+        self.to_k = Linear(context_dim, inner_dim, bias=False)
+        self.to_v = Linear(context_dim, inner_dim, bias=False)
+        self.to_out = nn.Sequential(Linear(inner_dim, query_dim), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
