@@ -398,9 +398,9 @@ def test_conv2d_runs_as_gemm_only_for_large_weights_on_small_float32_maps():
         assert not big._as_gemm(torch.empty(2, 1280, 8, 8))
 
 
-@pytest.mark.parametrize("name", ["unet_crossattn", "unet_adm_scale_shift"])
-def test_unet_parity_with_every_convolution_as_gemm(name, monkeypatch):
-    """The golden outputs and input gradients of the original hold when every 2-D convolution is one GEMM."""
+@pytest.fixture
+def every_convolution_as_gemm(monkeypatch):
+    """Every 2-D convolution of the U-Net runs as one GEMM; returns the list that counts those calls."""
     from ldm.modules.diffusionmodules import util
 
     monkeypatch.setattr(util, "GEMM_CONV_MIN_WEIGHT", 0)
@@ -408,8 +408,14 @@ def test_unet_parity_with_every_convolution_as_gemm(name, monkeypatch):
     calls = []
     as_gemm = util.conv2d_as_gemm
     monkeypatch.setattr(util, "conv2d_as_gemm", lambda *a: calls.append(1) or as_gemm(*a))
+    return calls
+
+
+@pytest.mark.parametrize("name", ["unet_crossattn", "unet_adm_scale_shift"])
+def test_unet_parity_with_every_convolution_as_gemm(name, every_convolution_as_gemm):
+    """The golden outputs and input gradients of the original hold when every 2-D convolution is one GEMM."""
     test_unet_parity(name)
-    assert len(calls) > 0
+    assert len(every_convolution_as_gemm) > 0
 
 
 def test_dense_matches_linear_at_inference_and_keeps_gradients():
@@ -432,12 +438,10 @@ def test_dense_matches_linear_at_inference_and_keeps_gradients():
 
 
 @pytest.mark.parametrize("name", ["unet_crossattn", "unet_adm_scale_shift"])
-def test_unet_parity_at_inference_with_the_fast_paths(name, monkeypatch):
+def test_unet_parity_at_inference_with_the_fast_paths(name, monkeypatch, every_convolution_as_gemm):
     """Under no_grad (oneDNN matrix products, every 2-D convolution a GEMM) the golden outputs hold."""
     from ldm.modules.diffusionmodules import util
 
-    monkeypatch.setattr(util, "GEMM_CONV_MIN_WEIGHT", 0)
-    monkeypatch.setattr(util, "GEMM_CONV_MAX_POSITIONS", 1 << 30)
     calls = []
     fast = util._ONEDNN_LINEAR
     if fast is not None:
@@ -451,4 +455,4 @@ def test_unet_parity_at_inference_with_the_fast_paths(name, monkeypatch):
     with torch.no_grad():
         out = m(inputs["x"], timesteps=inputs["timesteps"], **extra)
     assert_close(out, case["outputs"]["out"], f"{name}/out")
-    assert fast is None or len(calls) > 0
+    assert (fast is None or len(calls) > 0) and len(every_convolution_as_gemm) > 0
