@@ -157,6 +157,20 @@ def _fit(model: pl.LightningModule, batches: int = 1) -> pl.Trainer:
     return trainer
 
 
+def test_vq_model_ema_updates_once_per_optimizer_step():
+    """With gradients summed over 2 batches, 4 batches are 2 optimizer steps and 2 EMA updates."""
+    torch.manual_seed(0)
+    lossconfig = {"target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
+                  "params": {"disc_start": 0, "perceptual_weight": 0.0, "disc_num_layers": 2, "disc_ndf": 16}}
+    model = VQModel(ddconfig=dict(DDCONFIG, double_z=False), lossconfig=lossconfig, n_embed=16, embed_dim=4,
+                    use_ema=True, learning_rate=1e-3, accumulate_grad_batches=2)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=4, limit_val_batches=0,
+                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, train_dataloaders=DataLoader(_Images(8), batch_size=2))
+    assert int(model.model_ema.num_updates) == 2
+
+
 def test_autoencoder_kl_trains_both_phases():
     torch.manual_seed(0)
     lossconfig = {"target": "ldm.modules.losses.LPIPSWithDiscriminator",

@@ -148,11 +148,16 @@ class AdversarialAutoencoder(pl.LightningModule):
         self.untoggle_optimizer(opt_disc)
 
         if step_now:
+            self.on_optimizers_stepped()
             schedulers = self.lr_schedulers()
             for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
                 scheduler.step()
         self._log_train("aeloss", aeloss, log_ae, x.shape[0])
         self._log_train("discloss", discloss, log_disc, x.shape[0])
+
+    def on_optimizers_stepped(self) -> None:
+        """Called once both optimizers have stepped (every ``accumulate_grad_batches`` batches), inside the
+        training step, so before any callback writes a checkpoint of that step."""
 
     def _adam_pair(self, lr_g: float, lr_d: float) -> list[torch.optim.Optimizer]:
         opt_ae = torch.optim.Adam(self.generator_parameters(), lr=lr_g, betas=ADAM_BETAS)
@@ -222,7 +227,8 @@ class VQModel(AdversarialAutoencoder):
                 if context is not None:
                     logger.info("%s: Restored training weights", context)
 
-    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+    def on_optimizers_stepped(self) -> None:
+        """One EMA update per optimizer step, as `DDPM.optimizer_step`: a resumed run's EMA count is its step's."""
         if self.use_ema:
             self.model_ema(self)
 
