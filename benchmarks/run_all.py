@@ -150,19 +150,15 @@ def timed(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def bf16_speedup(threads: int) -> float:
-    """How many times faster the calibration's convolutions run under bf16 autocast than at fp32, here."""
+def bf16_speedup(calibration_s, threads: int) -> float:
+    """How many times faster the calibration's convolutions (``calibration_s``) run under bf16 autocast than
+    at fp32, here."""
     import torch
-    import torch.nn.functional as F
 
-    torch.set_num_threads(threads)
-    g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(2, 256, 64, 64, generator=g), torch.randn(256, 256, 3, 3, generator=g) * 0.02
     seconds = {}
-    with torch.no_grad():
-        for precision in ("fp32", "bf16", "fp32", "bf16"):  # interleaved: the later pair counts
-            with autocast(precision, torch.device("cpu")):
-                seconds[precision] = timed(lambda: [F.conv2d(x, w, padding=1) for _ in range(10)], 5)
+    for precision in ("fp32", "bf16", "fp32", "bf16"):  # interleaved: the later pair counts
+        with autocast(precision, torch.device("cpu")):
+            seconds[precision] = calibration_s(threads)
     return seconds["fp32"] / seconds["bf16"]
 
 
@@ -336,7 +332,7 @@ def run_row(mode: str, config_name: str, precision: str, args) -> dict:
                 row["original_peak_mb"] = original["model_rss_mb"] + original["forward_extra_mb"]
         if mode != "sample":
             row["gflop"] = unet_gflop(config.model.params.unet_config, mode, batch, hw)
-            rate = UNIT_GFLOP * (bf16_speedup(args.threads) if precision == "bf16" else 1.0)
+            rate = UNIT_GFLOP * (bf16_speedup(calibration_s, args.threads) if precision == "bf16" else 1.0)
             row["floor_units"] = row["gflop"] / rate
             if original is not None:
                 row["ceiling_vs_median"] = original["units_median"] / row["floor_units"]
