@@ -23,7 +23,8 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 
 from ldm.checkpoint import restore_weights
-from ldm.models.diffusion.ddpm_module import DEFAULT_LEARNING_RATE, disabled_train
+from ldm.models.diffusion.ddpm_module import DEFAULT_LEARNING_RATE
+from ldm.models.diffusion.first_stage import freeze
 from ldm.modules.diffusionmodules.openaimodel import EncoderUNetModel, UNetModel
 from ldm.util import channels_first, instantiate_from_config, ismap, log_txt_as_img
 
@@ -88,11 +89,8 @@ class NoisyLatentImageClassifier(pl.LightningModule):
         restore_weights(self.model if only_model else self, path, ignore_keys)
 
     def load_diffusion(self) -> None:
-        model = instantiate_from_config(self.diffusion_config, where="model.params.diffusion_path config")
-        self.diffusion_model = model.eval()
-        self.diffusion_model.train = disabled_train.__get__(self.diffusion_model)
-        for param in self.diffusion_model.parameters():
-            param.requires_grad = False
+        self.diffusion_model = freeze(instantiate_from_config(self.diffusion_config,
+                                                              where="model.params.diffusion_path config"))
 
     def load_classifier(self, ckpt_path: str | None, pool: str) -> None:
         unet_params = self.diffusion_config["params"]["unet_config"]["params"]
@@ -161,7 +159,7 @@ class NoisyLatentImageClassifier(pl.LightningModule):
 
     def shared_step(self, batch: Mapping[str, Any], t: int | None = None):
         """Cross-entropy at random (or the given) noise level; returns (loss, logits, x_noisy, targets)."""
-        x, *_ = self.diffusion_model.get_input(batch, k=self.diffusion_model.first_stage_key)
+        x = self.diffusion_model.encode_batch(batch).z
         targets = self.get_conditioning(batch)
         if targets.dim() == 4:
             targets = targets.argmax(dim=1)

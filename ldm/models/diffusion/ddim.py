@@ -20,7 +20,7 @@ class DDIMSampler(Sampler):
 
     def __init__(self, model: torch.nn.Module, schedule: str = "linear", **kwargs: Any) -> None:
         super().__init__(model, kwargs.get("name"))  # ``schedule`` is accepted for compatibility: it is the model's
-        self.ddpm_num_timesteps = model.num_timesteps
+        self.ddpm_num_timesteps = model.diffusion.num_timesteps
         self.eta = 0.0
 
     def make_schedule(self, ddim_num_steps: int, ddim_discretize: str = "uniform", ddim_eta: float = 0.0,
@@ -33,7 +33,8 @@ class DDIMSampler(Sampler):
         self.ddim_timesteps = make_ddim_timesteps(ddim_discretize, ddim_num_steps, self.ddpm_num_timesteps,
                                                   verbose=verbose)
         self.eta = ddim_eta
-        acp, acp_prev = self.model.alphas_cumprod.detach().cpu(), self.model.alphas_cumprod_prev.detach().cpu()
+        process = self.model.diffusion
+        acp, acp_prev = process.alphas_cumprod.detach().cpu(), process.alphas_cumprod_prev.detach().cpu()
         sigmas, alphas, alphas_prev = make_ddim_sampling_parameters(acp, self.ddim_timesteps, ddim_eta, verbose)
         buffers = {"alphas_cumprod": acp, "sqrt_alphas_cumprod": acp.sqrt(),
                    "sqrt_one_minus_alphas_cumprod": (1.0 - acp).sqrt(), "ddim_sigmas": sigmas, "ddim_alphas": alphas,
@@ -41,7 +42,7 @@ class DDIMSampler(Sampler):
                    "ddim_sigmas_for_original_num_steps":
                        ddim_eta * ((1 - acp_prev) / (1 - acp) * (1 - acp / acp_prev)).sqrt()}
         for name, value in buffers.items():
-            setattr(self, name, value.detach().to(torch.float32).to(self.model.alphas_cumprod.device))
+            setattr(self, name, value.detach().to(torch.float32).to(process.alphas_cumprod.device))
 
     @torch.no_grad()
     def sample(self, S: int, batch_size: int, shape: Any, *args: Any, eta: float = 0.0, verbose: bool = True,
@@ -66,7 +67,7 @@ class DDIMSampler(Sampler):
                unconditional_conditioning: Any = None, use_original_steps: bool = False,
                verbose: bool = True) -> torch.Tensor:
         """Run DDIM from step index ``t_start`` (as given to `stochastic_encode`) down to x_0."""
-        schedule = DiscreteSchedule(self.model.alphas_cumprod)
+        schedule = DiscreteSchedule(self.model.diffusion.alphas_cumprod)
         steps = np.arange(self.ddpm_num_timesteps) if use_original_steps else self.ddim_timesteps
         end = schedule.sigmas.new_zeros(1) if use_original_steps else schedule.sigmas[:1]  # alphas_cumprod_prev[0]
         sigmas = torch.cat([schedule.sigmas[torch.from_numpy(steps[:t_start][::-1].copy())], end])

@@ -4,11 +4,12 @@ DDPM (Ho et al., NeurIPS 2020) in pixel space and latent diffusion (Rombach et a
 implementation is split by responsibility across this package; this module re-exports every class
 and helper the original ``ddpm.py`` defined, so configs and checkpoints keep resolving:
 
-- `schedule`: the noise schedule buffers and q / posterior formulas;
+- `gaussian_diffusion`: the process (schedule, noising, training loss, denoiser), which takes the network as
+  an argument and imports no Lightning;
 - `wrapper`: `DiffusionWrapper`, routing the conditioning into the network;
-- `ddpm_module`: `DDPM`, the Lightning module (losses, ancestral sampling, EMA, optimisers);
-- `first_stage`, `patches`, `conditioning`: the latent-space parts of `LatentDiffusion`;
-- `latent_diffusion`: `LatentDiffusion`; `image_logging`: its `log_images`;
+- `ddpm_module`: `DDPM`, the Lightning module (network, EMA, schedule buffers, hooks, optimisers);
+- `latent_diffusion`: `LatentDiffusion`, with the functions of `first_stage`, `conditioning` and `patches`;
+- `entry_points`, `image_logging`: the original sampling methods and ``log_images``, as functions of a model;
 - `layout`: `Layout2ImgDiffusion`.
 """
 from ldm.models.diffusion.ddpm_module import DDPM, disabled_train, uniform_on_device

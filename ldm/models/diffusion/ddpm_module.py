@@ -4,33 +4,35 @@
 noise-prediction loss (eq. 14) plus an optional weighted variational bound, and ancestral sampling
 (Algorithm 2). It is the base class of `LatentDiffusion` (Rombach et al., CVPR 2022), which runs the
 same process in the latent space of a first-stage autoencoder.
+
+The module owns the network (``model``, a `DiffusionWrapper`), its EMA, the schedule buffers under the
+original names, and the Lightning hooks; the process itself (noising, loss, denoiser) is the
+`GaussianDiffusion` of ``gaussian_diffusion``, which ``self.diffusion`` builds over those buffers.
+Image logging is `image_logging.log_ddpm_images`; the original sampling methods call `entry_points`.
 """
 from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
-from einops import rearrange, repeat
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
-from torchvision.utils import make_grid
 
 from ldm.checkpoint import restore_weights
-from ldm.models.diffusion.sampling import DDPMSampler
-from ldm.models.diffusion.schedule import GaussianDiffusionMixin, validate_parameterization
+from ldm.models.diffusion.gaussian_diffusion import (LOSS_TYPES, SCHEDULE_BUFFERS,  # noqa: F401 (LOSS_TYPES re-exported)
+                                                    GaussianDiffusion, schedule_buffers, validate_loss_type,
+                                                    validate_parameterization)
+from ldm.models.diffusion.first_stage import disabled_train  # noqa: F401 (re-exported by ddpm)
 from ldm.models.diffusion.wrapper import DiffusionWrapper
+from ldm.modules.diffusionmodules.util import make_beta_schedule
 from ldm.modules.ema import LitEma
 from ldm.util import channels_first, count_params, instantiate_from_config
 
 logger = logging.getLogger(__name__)
-
-#: Accepted values of ``loss_type``.
-LOSS_TYPES = ("l1", "l2")
 
 #: Learning rate used when nothing (such as ``main.py``) sets ``model.learning_rate``.
 DEFAULT_LEARNING_RATE = 1.0e-4
@@ -42,17 +44,12 @@ def log_info(msg: str, *args: Any) -> None:
         logger.info(msg, *args)
 
 
-def disabled_train(self: nn.Module, mode: bool = True) -> nn.Module:
-    """Replacement for ``module.train`` that keeps a frozen module in eval mode whatever is asked."""
-    return self
-
-
 def uniform_on_device(r1: float, r2: float, shape: Sequence[int], device: torch.device | str) -> torch.Tensor:
     """Uniform samples from the interval between ``r2`` and ``r1``, drawn on ``device``."""
     return (r1 - r2) * torch.rand(*shape, device=device) + r2
 
 
-class DDPM(GaussianDiffusionMixin, pl.LightningModule):
+class DDPM(pl.LightningModule):
     """Classic DDPM with Gaussian diffusion in image space (fixed variance schedule)."""
 
     shorten_cond_schedule = False  # a diffused conditioning (LatentDiffusion with num_timesteps_cond > 1)
@@ -89,8 +86,7 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
     ) -> None:
         super().__init__()
         self.parameterization = validate_parameterization(parameterization)
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}; got {loss_type!r}")
+        self.loss_type = validate_loss_type(loss_type)
         log_info("%s: Running in %s-prediction mode", self.__class__.__name__, self.parameterization)
         self.cond_stage_model = None
         self.clip_denoised = clip_denoised
@@ -122,8 +118,6 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
         self.register_schedule(given_betas=given_betas, beta_schedule=beta_schedule, timesteps=timesteps,
                                linear_start=linear_start, linear_end=linear_end, cosine_s=cosine_s)
 
-        self.loss_type = loss_type
-
         # per-timestep log-variance of the loss weighting: a parameter when learned, otherwise a
         # non-persistent buffer (so it follows the device but stays out of the state dict, as originally)
         self.learn_logvar = learn_logvar
@@ -132,6 +126,46 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
             self.logvar = nn.Parameter(logvar, requires_grad=True)
         else:
             self.register_buffer("logvar", logvar, persistent=False)
+
+    # ------------------------------------------------------------------ the process
+    def register_schedule(self, given_betas: Sequence[float] | None = None, beta_schedule: str = "linear",
+                          timesteps: int = 1000, linear_start: float = 1e-4, linear_end: float = 2e-2,
+                          cosine_s: float = 8e-3) -> None:
+        """Register the schedule buffers (`schedule_buffers`: float64 maths stored as float32, as the original).
+
+        The numbers are computed on the CPU; the buffers go to the device of the module's parameters
+        (or the default device), so a model built under ``torch.device("meta")`` gets meta buffers; parameters
+        that alone are on the meta device (``ldm.scripting.loading.parameters_on_meta``) leave them real.
+        """
+        with torch.device("cpu"):
+            betas = given_betas if given_betas is not None else make_beta_schedule(
+                beta_schedule, timesteps, linear_start=linear_start, linear_end=linear_end, cosine_s=cosine_s)
+            buffers = schedule_buffers(betas, self.v_posterior, self.parameterization)
+        first_param = next(self.parameters(), None)
+        device = (first_param.device if first_param is not None and not first_param.is_meta
+                  else torch.get_default_device())
+        for name, value in buffers.items():
+            self.register_buffer(name, value.to(device), persistent=name != "lvlb_weights")
+        self.num_timesteps = int(buffers["betas"].shape[0])
+        self.linear_start = linear_start
+        self.linear_end = linear_end
+
+    @property
+    def diffusion(self) -> GaussianDiffusion:
+        """The diffusion process over this module's schedule buffers (wherever they are now) and options."""
+        return GaussianDiffusion({name: getattr(self, name) for name in SCHEDULE_BUFFERS},
+                                 parameterization=self.parameterization, loss_type=self.loss_type,
+                                 l_simple_weight=self.l_simple_weight, original_elbo_weight=self.original_elbo_weight,
+                                 v_posterior=self.v_posterior, clip_denoised=self.clip_denoised,
+                                 cond_ids=self.cond_ids if self.shorten_cond_schedule else None)
+
+    def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw x_t ~ q(x_t | x_0) (`GaussianDiffusion.q_sample`)."""
+        return self.diffusion.q_sample(x_start, t, noise)
+
+    def predict_start_from_noise(self, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_0 from x_t and the predicted noise (`GaussianDiffusion.predict_start_from_noise`)."""
+        return self.diffusion.predict_start_from_noise(x_t, t, noise)
 
     # ------------------------------------------------------------------ weights
     @contextmanager
@@ -166,12 +200,13 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
         """Codebook quantization of an x0 estimate; a pixel-space model has no codebook."""
         raise ValueError(f"{type(self).__name__} has no VQ first stage to quantize with; leave quantize_x0 off")
 
+    # The original sampling methods. They live in `entry_points` as functions of the model, imported here when
+    # called, so that the model does not depend on the samplers.
     @torch.no_grad()
     def p_sample_loop(self, shape: Sequence[int], return_intermediates: bool = False, verbose: bool = True):
         """Ancestral sampling from pure noise of ``shape`` (`DDPMSampler`, one `torch.randn` a step as the original)."""
-        img, intermediates = DDPMSampler(self).sample(None, shape[0], shape[1:], verbose=verbose,
-                                                      log_every_t=self.log_every_t)
-        return (img, intermediates["x_inter"]) if return_intermediates else img
+        from ldm.models.diffusion.entry_points import pixel_p_sample_loop
+        return pixel_p_sample_loop(self, shape, return_intermediates, verbose)
 
     @torch.no_grad()
     def sample(self, batch_size: int = 16, return_intermediates: bool = False):
@@ -182,31 +217,15 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
     # ------------------------------------------------------------------ training objective
     def get_loss(self, pred: torch.Tensor, target: torch.Tensor, mean: bool = True) -> torch.Tensor:
         """The l1 or l2 distance, averaged when ``mean`` else element-wise."""
-        if self.loss_type == "l1":
-            loss = (target - pred).abs()
-            return loss.mean() if mean else loss
-        return torch.nn.functional.mse_loss(target, pred, reduction="mean" if mean else "none")
+        loss = self.diffusion.distance(pred, target)
+        return loss.mean() if mean else loss
 
-    def _target(self, x_start: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return noise if self.parameterization == "eps" else x_start
+    def _log_prefix(self) -> str:
+        return "train" if self.training else "val"
 
     def p_losses(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None):
         """Simple loss plus ``original_elbo_weight`` times the weighted bound; returns (loss, loss_dict)."""
-        if noise is None:
-            noise = torch.randn_like(x_start)
-        x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
-        model_out = self.model(x_noisy, t)
-        target = self._target(x_start, noise)
-
-        loss = self.get_loss(model_out, target, mean=False).mean(dim=[1, 2, 3])  # (B,)
-        log_prefix = "train" if self.training else "val"
-        loss_dict = {f"{log_prefix}/loss_simple": loss.mean()}
-        loss_simple = loss.mean() * self.l_simple_weight
-        loss_vlb = (self.lvlb_weights[t] * loss).mean()
-        loss_dict[f"{log_prefix}/loss_vlb"] = loss_vlb
-        loss = loss_simple + self.original_elbo_weight * loss_vlb
-        loss_dict[f"{log_prefix}/loss"] = loss
-        return loss, loss_dict
+        return self.diffusion.training_losses(self.model, x_start, t, noise, prefix=self._log_prefix())
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any):
         t = torch.randint(0, self.num_timesteps, (x.shape[0],), device=x.device).long()
@@ -271,47 +290,9 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
         return [opt], scheduler
 
     # ------------------------------------------------------------------ logging
-    def _get_rows_from_list(self, samples: Sequence[torch.Tensor]) -> torch.Tensor:
-        n_imgs_per_row = len(samples)
-        denoise_grid = rearrange(torch.stack(list(samples)), "n b c h w -> (b n) c h w")
-        return make_grid(denoise_grid, nrow=n_imgs_per_row)
-
-    def _diffusion_row(self, x_start: torch.Tensor,
-                       decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        """The forward-diffusion grid of ``x_start`` (B, C, H, W): a draw of q(x_t | x_0) every ``log_every_t``
-        steps and at the last step, each passed through ``decode`` when given (a latent model's first stage)."""
-        row = []
-        for t in range(self.num_timesteps):
-            if t % self.log_every_t == 0 or t == self.num_timesteps - 1:
-                t = repeat(torch.tensor([t]), "1 -> b", b=x_start.shape[0]).to(self.device).long()
-                noise = torch.randn_like(x_start)
-                x_t = self.q_sample(x_start=x_start, t=t, noise=noise)
-                row.append(x_t if decode is None else decode(x_t))
-        return self._get_rows_from_list(row)
-
-    @staticmethod
-    def _select_keys(log: dict[str, Any], return_keys: Sequence[str] | None) -> dict[str, Any]:
-        """``log`` restricted to ``return_keys`` (all of it when none of them is present)."""
-        if not return_keys or np.intersect1d(list(log.keys()), list(return_keys)).shape[0] == 0:
-            return log
-        return {key: log[key] for key in return_keys}
-
     @torch.no_grad()
     def log_images(self, batch: Mapping[str, Any], N: int = 8, n_row: int = 2, sample: bool = True,
                    return_keys: Sequence[str] | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
         """Inputs, a forward-diffusion row, and (with ``sample``) EMA samples with their denoising row."""
-        log = {}
-        x = self.get_input(batch, self.first_stage_key)
-        N = min(x.shape[0], N)
-        n_row = min(x.shape[0], n_row)
-        x = x.to(self.device)[:N]
-        log["inputs"] = x
-
-        log["diffusion_row"] = self._diffusion_row(x[:n_row])
-
-        if sample:
-            with self.ema_scope("Plotting"):
-                samples, denoise_row = self.sample(batch_size=N, return_intermediates=True)
-            log["samples"] = samples
-            log["denoise_row"] = self._get_rows_from_list(denoise_row)
-        return self._select_keys(log, return_keys)
+        from ldm.models.diffusion.image_logging import log_ddpm_images
+        return log_ddpm_images(self, batch, N=N, n_row=n_row, sample=sample, return_keys=return_keys)

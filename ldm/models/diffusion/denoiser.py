@@ -107,35 +107,35 @@ def batch_size_of(conditioning: Any) -> int | None:
 
 
 class Denoiser:
-    """D(x, sigma), the x0 prediction of a model offering ``apply_model(x, t, cond)``, ``parameterization``
-    and ``alphas_cumprod``, with classifier-free guidance (Ho & Salimans 2021) in one batched forward pass:
-    e_u + scale * (e_c - e_u) over ``cat([x, x])``. ``score_corrector.modify_score`` may adjust the
-    network output; ``denoised_fn`` maps the x0 prediction (clamping, quantization).
+    """D(x, sigma), the x0 prediction of a network ``network(x_t, t, cond)`` trained on the discrete VP schedule
+    ``alphas_cumprod`` to predict ``parameterization`` ("eps" or "x0"), with classifier-free guidance (Ho &
+    Salimans 2021) in one batched forward pass: e_u + scale * (e_c - e_u) over ``cat([x, x])``.
+    ``score_corrector(out, x_t, t, cond)`` may adjust the guided network output; ``denoised_fn`` maps the x0
+    prediction (clamping, quantization).
     """
 
-    def __init__(self, model: torch.nn.Module, cond: Any = None, unconditional_conditioning: Any = None,
-                 unconditional_guidance_scale: float = 1.0, denoised_fn: Callable | None = None,
-                 score_corrector: Any = None, corrector_kwargs: dict | None = None, model_fn: Callable | None = None):
-        if model.parameterization not in ("eps", "x0"):
-            raise ValueError(f"parameterization must be 'eps' or 'x0'; got {model.parameterization!r}")
-        if score_corrector is not None and model.parameterization != "eps":
-            raise ValueError(f"score_corrector needs parameterization 'eps'; got {model.parameterization!r}")
-        self.model = model
-        self.model_fn = model.apply_model if model_fn is None else model_fn  # (x, t, cond) -> network output
-        self.schedule = DiscreteSchedule(model.alphas_cumprod)
+    def __init__(self, network: Callable, alphas_cumprod: torch.Tensor, parameterization: str = "eps",
+                 cond: Any = None, unconditional_conditioning: Any = None, unconditional_guidance_scale: float = 1.0,
+                 denoised_fn: Callable | None = None, score_corrector: Callable | None = None):
+        if parameterization not in ("eps", "x0"):
+            raise ValueError(f"parameterization must be 'eps' or 'x0'; got {parameterization!r}")
+        if score_corrector is not None and parameterization != "eps":
+            raise ValueError(f"score_corrector needs parameterization 'eps'; got {parameterization!r}")
+        self.network, self.parameterization = network, parameterization
+        self.schedule = DiscreteSchedule(alphas_cumprod)
         self.cond, self.uc, self.scale = cond, unconditional_conditioning, unconditional_guidance_scale
-        self.denoised_fn, self.score_corrector, self.corrector_kwargs = denoised_fn, score_corrector, corrector_kwargs
+        self.denoised_fn, self.score_corrector = denoised_fn, score_corrector
 
     def model_output(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The network output for VP inputs ``x`` at steps ``t``, with classifier-free guidance."""
         if self.uc is None or self.scale == 1.0:
-            out = self.model_fn(x, t, self.cond)
+            out = self.network(x, t, self.cond)
         else:
-            e_uncond, e_cond = self.model_fn(torch.cat([x] * 2), torch.cat([t] * 2),
-                                             cat_conditioning(self.uc, self.cond)).chunk(2)
+            e_uncond, e_cond = self.network(torch.cat([x] * 2), torch.cat([t] * 2),
+                                            cat_conditioning(self.uc, self.cond)).chunk(2)
             out = e_uncond + self.scale * (e_cond - e_uncond)
         if self.score_corrector is not None:
-            out = self.score_corrector.modify_score(self.model, out, x, t, self.cond, **(self.corrector_kwargs or {}))
+            out = self.score_corrector(out, x, t, self.cond)
         return out
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -143,5 +143,5 @@ class Denoiser:
         step = self.schedule.t(sigma)
         t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long if step.is_integer() else x.dtype)
         out = self.model_output(x * (1.0 / math.sqrt(1.0 + sigma ** 2)), t)
-        denoised = x - sigma * out if self.model.parameterization == "eps" else out
+        denoised = x - sigma * out if self.parameterization == "eps" else out
         return denoised if self.denoised_fn is None else self.denoised_fn(denoised)

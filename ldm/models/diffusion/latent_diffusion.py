@@ -1,13 +1,17 @@
 """`LatentDiffusion`: a DDPM in the latent space of a frozen autoencoder, with conditioning.
 
 "High-Resolution Image Synthesis with Latent Diffusion Models" (Rombach et al., CVPR 2022): the
-first stage (`FirstStageMixin`) maps images to a scaled latent space, the denoiser is trained there
-(eq. 2; eq. 3 with conditioning from `ConditioningMixin`), and sampling runs the reverse process in
-latent space before decoding. Large inputs can be processed crop by crop (`PatchwiseMixin`), and
-training can drop the conditioning for classifier-free guidance (``ucg_rate``).
+first stage (`first_stage`) maps images to a scaled latent space, the denoiser is trained there
+(eq. 2; eq. 3 with the conditioning of `conditioning`), and sampling runs the reverse process in
+latent space before decoding. Large inputs can be processed crop by crop (`patches`), and training
+can drop the conditioning for classifier-free guidance (``ucg_rate``).
+
+A training step: `DDPM.training_step` -> ``shared_step`` -> `encode_batch` (a `LatentBatch`) -> ``forward``
+-> ``p_losses`` -> `GaussianDiffusion.training_losses` over ``apply_model`` (`DiffusionWrapper`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -15,13 +19,9 @@ import torch.distributed as dist
 from einops import rearrange
 from torch import nn
 
-from ldm.models.diffusion.conditioning import ConditioningMixin
+from ldm.models.diffusion import conditioning, first_stage, patches
 from ldm.models.diffusion.ddpm_module import DDPM, log_info
-from ldm.models.diffusion.sampling import DDPMSampler, make_sampler, scaled_noise
-from ldm.models.diffusion.first_stage import FirstStageMixin
-from ldm.models.diffusion.image_logging import LatentImageLoggingMixin
-from ldm.models.diffusion.patches import PatchwiseMixin
-from ldm.util import UNCONDITIONAL_SENTINEL
+from ldm.util import UNCONDITIONAL_SENTINEL, channels_first, instantiate_from_config
 
 #: ``cond_stage_key`` values whose conditioning is an image cropped alongside the latent in patch-wise mode.
 SPATIAL_COND_KEYS = ("image", "LR_image", "segmentation", "bbox_img")
@@ -42,16 +42,23 @@ def _take(c: Any, n: int) -> Any:
     return c[:n]
 
 
-def _take_each(cond: Any, n: int) -> Any:
-    """Like `_take`, but a list is taken as a list of batched tensors (the samplers' convention)."""
-    if isinstance(cond, Mapping):
-        return {key: [c[:n] for c in value] if isinstance(value, list) else value[:n] for key, value in cond.items()}
-    if isinstance(cond, list):
-        return [c[:n] for c in cond]
-    return cond[:n]
+@dataclass
+class LatentBatch:
+    """A batch as the latent model sees it."""
+
+    z: torch.Tensor  # (B, C, h, w) scaled latents of the images
+    c: Any  # the conditioning: encoded, or raw when the cond stage trains (None when unconditional)
+    x: torch.Tensor | None = None  # (B, 3, H, W) the images, with first_stage_outputs
+    xrec: torch.Tensor | None = None  # (B, 3, H, W) their first-stage reconstructions, with first_stage_outputs
+    xc: Any = None  # the raw conditioning, before encoding
+
+    def as_list(self, first_stage_outputs: bool = False, original_cond: bool = False) -> list:
+        """The original ``get_input`` return value: [z, c] (+ [x, xrec]) (+ [xc])."""
+        return [self.z, self.c] + ([self.x, self.xrec] if first_stage_outputs else []) + (
+            [self.xc] if original_cond else [])
 
 
-class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, LatentImageLoggingMixin, DDPM):
+class LatentDiffusion(DDPM):
     """The main class: conditional or unconditional diffusion in a first-stage latent space.
 
     Attributes beyond the constructor arguments' namesakes:
@@ -62,7 +69,7 @@ class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, Latent
     - ``ucg_class`` (int or None): the null class index for class labels; None means the cond stage's
       last class (``n_classes - 1`` of a ClassEmbedder). Captions use ``""``.
       `get_unconditional_conditioning(batch_size)` returns the encoded null conditioning for sampling.
-    - ``split_input_params`` (dict or None): switches on patch-wise processing (see `PatchwiseMixin`).
+    - ``split_input_params`` (dict or None): switches on patch-wise processing (see `patches`).
     - ``scale_factor``: a float, or a buffer (saved in checkpoints) when ``scale_by_std``.
     """
 
@@ -153,7 +160,7 @@ class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, Latent
         if float(self.scale_factor) != 1.0:
             raise ValueError(f"scale_by_std computes scale_factor itself; do not also give scale_factor "
                              f"(got {float(self.scale_factor)})")
-        x = DDPM.get_input(self, batch, self.first_stage_key).to(self.device)
+        x = channels_first(batch[self.first_stage_key]).to(self.device)
         z = self.get_first_stage_encoding(self.encode_first_stage(x)).detach()
         scale = (1.0 / z.flatten().std()).to(self.scale_factor)
         if dist.is_available() and dist.is_initialized():
@@ -161,18 +168,79 @@ class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, Latent
         self.scale_factor.copy_(scale)
         log_info("### USING STD-RESCALING ### setting self.scale_factor to %s", float(self.scale_factor))
 
+    # ------------------------------------------------------------------ first stage (`first_stage`)
+    def instantiate_first_stage(self, config: Mapping[str, Any]) -> None:
+        """Build the autoencoder frozen: eval mode for good, no gradients."""
+        self.first_stage_model = first_stage.freeze(
+            instantiate_from_config(config, where="model.params.first_stage_config"))
+
+    def get_first_stage_encoding(self, encoder_posterior: Any) -> torch.Tensor:
+        """Scaled latent: a sample of a KL posterior, or the VQ encoder output as is."""
+        return first_stage.first_stage_encoding(encoder_posterior, self.scale_factor)
+
+    @torch.no_grad()
+    def encode_first_stage(self, x: torch.Tensor) -> Any:
+        """Image -> encoder output (a posterior for KL models, a latent tensor for VQ), unscaled."""
+        return first_stage.encode(self.first_stage_model, x, self.split_input_params)
+
+    @torch.no_grad()
+    def decode_first_stage(self, z: torch.Tensor, predict_cids: bool = False,
+                           force_not_quantize: bool = False) -> torch.Tensor:
+        """Latent (B, C, h, w) -> image (B, 3, H, W), without gradients."""
+        return self.differentiable_decode_first_stage(z, predict_cids, force_not_quantize)
+
+    def differentiable_decode_first_stage(self, z: torch.Tensor, predict_cids: bool = False,
+                                          force_not_quantize: bool = False) -> torch.Tensor:
+        """`decode_first_stage` with gradients flowing to ``z`` (e.g. for guidance through the decoder)."""
+        return first_stage.decode(self.first_stage_model, z, self.scale_factor, self.split_input_params,
+                                  predict_cids=predict_cids, force_not_quantize=force_not_quantize)
+
+    def quantize_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """``z`` snapped to the codebook of a VQ first stage (an x0 estimate quantized while sampling)."""
+        return first_stage.quantize_latent(self.first_stage_model, z)
+
+    # ------------------------------------------------------------------ conditioning (`conditioning`)
+    def instantiate_cond_stage(self, config: Mapping[str, Any] | str) -> None:
+        """Build the conditioning encoder; frozen (eval, no gradients) unless ``cond_stage_trainable``."""
+        self.cond_stage_model = conditioning.instantiate_cond_stage(config, self.cond_stage_trainable,
+                                                                    self.first_stage_model)
+
+    def get_learned_conditioning(self, c: Any) -> Any:
+        """Encode raw conditioning with the cond stage (its ``encode``, ``cond_stage_forward`` or call)."""
+        return conditioning.encode_conditioning(self.cond_stage_model, c, self.cond_stage_forward)
+
+    def unconditional_class(self) -> int:
+        """The class index standing for "no class": ``ucg_class``, else the embedder's last index."""
+        return conditioning.unconditional_class(self.cond_stage_model, self.ucg_class)
+
+    def drop_conditioning(self, xc: Any) -> Any:
+        """Replace each element of the raw conditioning by the null one with probability ``ucg_rate``."""
+        return conditioning.drop_conditioning(xc, self.ucg_rate, self._embedder_key(), self.unconditional_class)
+
+    def _embedder_key(self) -> str | None:
+        return conditioning.embedder_key(self.cond_stage_model, self.cond_stage_key)
+
+    @torch.no_grad()
+    def get_unconditional_conditioning(self, batch_size: int, device: torch.device | None = None) -> Any:
+        """The encoded null conditioning for a batch, in the form the samplers take for guidance."""
+        device = device if device is not None else self.device
+        if isinstance(getattr(self.cond_stage_model, "embedding", None), nn.Embedding):
+            labels = torch.full((batch_size,), self.unconditional_class(), device=device, dtype=torch.long)
+            return self.get_learned_conditioning({self._embedder_key(): labels})
+        return self.get_learned_conditioning([conditioning.UNCONDITIONAL_CAPTION] * batch_size)
+
     # ------------------------------------------------------------------ data
     @torch.no_grad()
-    def get_input(self, batch: Mapping[str, Any], k: str, return_first_stage_outputs: bool = False,
-                  force_c_encode: bool = False, cond_key: str | None = None, return_original_cond: bool = False,
-                  bs: int | None = None) -> list:
-        """``[z, c]`` (+ ``[x, xrec]`` with return_first_stage_outputs, + ``[xc]`` with return_original_cond).
+    def encode_batch(self, batch: Mapping[str, Any], k: str | None = None, force_c_encode: bool = False,
+                     first_stage_outputs: bool = False, cond_key: str | None = None,
+                     bs: int | None = None) -> LatentBatch:
+        """The latents of ``batch[k]`` (default: ``first_stage_key``) and the conditioning, as a `LatentBatch`.
 
-        z is the scaled latent of ``batch[k]``; c the conditioning, encoded unless the cond stage is
-        trained (then encoding happens in `forward`) or ``force_c_encode``. In training mode the raw
-        conditioning is first replaced by the null one with probability ``ucg_rate``.
+        The conditioning is encoded unless the cond stage is trained (then encoding happens in `forward`) or
+        ``force_c_encode``. In training mode the raw conditioning is first replaced by the null one with
+        probability ``ucg_rate``. ``first_stage_outputs`` also returns the images and their reconstructions.
         """
-        x = DDPM.get_input(self, batch, k)
+        x = channels_first(batch[k or self.first_stage_key])
         if bs is not None:
             x = x[:bs]
         x = x.to(self.device)
@@ -188,29 +256,29 @@ class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, Latent
             elif cond_key == "class_label":
                 xc = batch
             else:
-                xc = DDPM.get_input(self, batch, cond_key).to(self.device)
+                xc = channels_first(batch[cond_key]).to(self.device)
             if self.training and self.ucg_rate > 0.0:
                 xc = self.drop_conditioning(xc)
             if not self.cond_stage_trainable or force_c_encode:
-                if isinstance(xc, (Mapping, list, tuple)):
-                    c = self.get_learned_conditioning(xc)
-                else:
-                    c = self.get_learned_conditioning(xc.to(self.device))
+                c = self.get_learned_conditioning(xc if isinstance(xc, (Mapping, list, tuple)) else xc.to(self.device))
             else:
                 c = xc
             if bs is not None:
                 c = _take(c, bs)
+        xrec = self.decode_first_stage(z) if first_stage_outputs else None
+        return LatentBatch(z, c, x if first_stage_outputs else None, xrec, xc)
 
-        out = [z, c]
-        if return_first_stage_outputs:
-            out.extend([x, self.decode_first_stage(z)])
-        if return_original_cond:
-            out.append(xc)
-        return out
+    def get_input(self, batch: Mapping[str, Any], k: str, return_first_stage_outputs: bool = False,
+                  force_c_encode: bool = False, cond_key: str | None = None, return_original_cond: bool = False,
+                  bs: int | None = None) -> list:
+        """The original's list form of `encode_batch`: ``[z, c]`` (+ ``[x, xrec]`` with
+        return_first_stage_outputs, + ``[xc]`` with return_original_cond)."""
+        inputs = self.encode_batch(batch, k, force_c_encode, return_first_stage_outputs, cond_key, bs)
+        return inputs.as_list(return_first_stage_outputs, return_original_cond)
 
     def shared_step(self, batch: Mapping[str, Any], **kwargs: Any):
-        x, c = self.get_input(batch, self.first_stage_key)
-        return self(x, c)
+        inputs = self.encode_batch(batch)
+        return self(inputs.z, inputs.c)
 
     def forward(self, x: torch.Tensor, c: Any, *args: Any, **kwargs: Any):
         t = torch.randint(0, self.num_timesteps, (x.shape[0],), device=self.device).long()
@@ -220,8 +288,7 @@ class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, Latent
             if self.cond_stage_trainable:
                 c = self.get_learned_conditioning(c)
             if self.shorten_cond_schedule:
-                tc = self.cond_ids[t].to(self.device)
-                c = self.q_sample(x_start=c, t=tc, noise=torch.randn_like(c.float()))
+                c = self.diffusion.diffuse_conditioning(c, t, torch.randn_like(c.float()))
         return self.p_losses(x, c, t, *args, **kwargs)
 
     # ------------------------------------------------------------------ the denoiser
@@ -247,160 +314,92 @@ class LatentDiffusion(FirstStageMixin, PatchwiseMixin, ConditioningMixin, Latent
             raise ValueError(f"patch-wise apply_model handles one conditioning entry; got keys {sorted(cond)}")
         if return_ids:
             raise ValueError("patch-wise apply_model cannot return codebook ids; got return_ids=True")
-        ks = self._split_param("ks")
-        stride = self._split_param("stride")
+        params = self.split_input_params
+        ks, stride = patches.split_param(params, "ks"), patches.split_param(params, "stride")
         h, w = x_noisy.shape[-2:]
-        n_crops = self._num_crops(h, w, ks, stride)
+        n_crops = patches.num_crops(h, w, ks, stride)
 
         if self.cond_stage_key in SPATIAL_COND_KEYS and self.model.conditioning_key:
             c_key, c = next(iter(cond.items()))
             if len(c) != 1:
                 raise ValueError(f"patch-wise apply_model crops one conditioning image; got {len(c)}")
             unfold = torch.nn.Unfold(kernel_size=ks, dilation=1, padding=0, stride=stride)
-            c_crops = self._crops(unfold, c[0], ks)  # (B, C, kh, kw, L)
+            c_crops = patches.crops(unfold, c[0], ks)  # (B, C, kh, kw, L)
             cond_list = [{c_key: [c_crops[:, :, :, :, i]]} for i in range(n_crops)]
         elif self.cond_stage_key == "coordinates_bbox":
-            cond_list = self._bbox_patch_conditioning(cond, ks, stride, w, n_crops)
+            tokens = patches.bbox_patch_conditioning(
+                params, cond, ks, stride, w, n_crops, self.bbox_tokenizer,
+                2 ** (self.first_stage_model.encoder.num_resolutions - 1), self.device)  # (L, B, N)
+            encoded = self.get_learned_conditioning(rearrange(tokens, "l b n -> (l b) n"))
+            cond_list = [{"c_crossattn": [e]} for e in rearrange(encoded, "(l b) n d -> l b n d", l=n_crops)]
         else:
             cond_list = [cond] * n_crops
-        return self._patchwise(x_noisy, ks, stride, lambda i, crop: self.model(crop, t, **cond_list[i]))
+        return patches.patchwise(params, x_noisy, ks, stride, lambda i, crop: self.model(crop, t, **cond_list[i]))
 
-    def _bbox_patch_conditioning(self, cond: dict, ks, stride, w: int, n_crops: int) -> list[dict]:
-        """Re-tokenise the bounding-box conditioning for each crop's position (layout-to-image)."""
-        if "original_image_size" not in self.split_input_params:
-            raise ValueError("patch-wise bounding-box conditioning needs split_input_params['original_image_size'] "
-                             "(set by encode_first_stage)")
-        if self.bbox_tokenizer is None:
-            raise ValueError("patch-wise bounding-box conditioning needs model.bbox_tokenizer; got None")
-        if "c_crossattn" not in cond:
-            raise ValueError(f"bounding-box conditioning must be given as c_crossattn; got keys {sorted(cond)}")
-        n_patches_per_row = int((w - ks[0]) / stride[0] + 1)
-        full_img_h, full_img_w = self.split_input_params["original_image_size"]
-        rescale_latent = 2 ** (self.first_stage_model.encoder.num_resolutions - 1)
-        # top-left corner, width and height of each crop, in (0, 1) image coordinates
-        tl_patch_coordinates = [(rescale_latent * stride[0] * (patch_nr % n_patches_per_row) / full_img_w,
-                                 rescale_latent * stride[1] * (patch_nr // n_patches_per_row) / full_img_h)
-                                for patch_nr in range(n_crops)]
-        patch_limits = [(x_tl, y_tl, rescale_latent * ks[0] / full_img_w, rescale_latent * ks[1] / full_img_h)
-                        for x_tl, y_tl in tl_patch_coordinates]
-        patch_limits_tknzd = [torch.LongTensor(self.bbox_tokenizer._crop_encoder(bbox))[None].to(self.device)
-                              for bbox in patch_limits]  # each (1, 2)
-        cut_cond = cond["c_crossattn"][0][..., :-2].to(self.device)  # drop the full-image crop tokens
-        adapted_cond = torch.stack([torch.cat([cut_cond, p], dim=1) for p in patch_limits_tknzd])
-        adapted_cond = rearrange(adapted_cond, "l b n -> (l b) n")
-        adapted_cond = self.get_learned_conditioning(adapted_cond)
-        adapted_cond = rearrange(adapted_cond, "(l b) n d -> l b n d", l=n_crops)
-        return [{"c_crossattn": [e]} for e in adapted_cond]
+    def meshgrid(self, h: int, w: int) -> torch.Tensor:
+        """(h, w, 2) grid of integer (y, x) coordinates (`patches.meshgrid`)."""
+        return patches.meshgrid(h, w)
+
+    def delta_border(self, h: int, w: int) -> torch.Tensor:
+        """(h, w) normalised distance to the nearest border (`patches.delta_border`)."""
+        return patches.delta_border(h, w)
+
+    def get_weighting(self, h: int, w: int, Ly: int, Lx: int, device: torch.device) -> torch.Tensor:
+        """(1, h * w, Ly * Lx) blending weights of every pixel of every crop (`patches.get_weighting`)."""
+        return patches.get_weighting(self.split_input_params, h, w, Ly, Lx, device)
+
+    def get_fold_unfold(self, x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int],
+                        uf: int = 1, df: int = 1):
+        """Fold, unfold, normalization and weighting for crops of ``x`` (`patches.get_fold_unfold`)."""
+        return patches.get_fold_unfold(self.split_input_params, x, kernel_size, stride, uf=uf, df=df)
 
     # ------------------------------------------------------------------ training objective
     def p_losses(self, x_start: torch.Tensor, cond: Any, t: torch.Tensor, noise: torch.Tensor | None = None):
         """Simple loss weighted by the (optionally learned) log-variance, plus the weighted bound."""
-        if noise is None:
-            noise = torch.randn_like(x_start)
-        x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
-        model_output = self.apply_model(x_noisy, t, cond)
+        return self.diffusion.training_losses(lambda x, steps: self.apply_model(x, steps, cond), x_start, t, noise,
+                                              logvar=self.logvar, log_logvar=self.learn_logvar,
+                                              prefix=self._log_prefix())
 
-        prefix = "train" if self.training else "val"
-        target = self._target(x_start, noise)
-        loss_simple = self.get_loss(model_output, target, mean=False).mean([1, 2, 3])  # (B,)
-        loss_dict = {f"{prefix}/loss_simple": loss_simple.mean()}
-
-        logvar_t = self.logvar[t].to(self.device)
-        loss = loss_simple / torch.exp(logvar_t) + logvar_t
-        if self.learn_logvar:
-            loss_dict[f"{prefix}/loss_gamma"] = loss.mean()
-            loss_dict["logvar"] = self.logvar.data.mean()
-        loss = self.l_simple_weight * loss.mean()
-
-        loss_vlb = (self.lvlb_weights[t] * loss_simple).mean()
-        loss_dict[f"{prefix}/loss_vlb"] = loss_vlb
-        loss = loss + self.original_elbo_weight * loss_vlb
-        loss_dict[f"{prefix}/loss"] = loss
-        return loss, loss_dict
-
-    # ------------------------------------------------------------------ ancestral sampling
-    def _noisy_cond(self, cond: Any, ts: torch.Tensor) -> Any:
-        """With a shortened conditioning schedule, the conditioning diffused to level ``cond_ids[ts]``."""
-        if not self.shorten_cond_schedule:
-            return cond
-        if self.model.conditioning_key == "hybrid":
-            raise ValueError("num_timesteps_cond > 1 cannot be combined with conditioning_key 'hybrid'")
-        return self.q_sample(x_start=cond, t=self.cond_ids[ts].to(cond.device), noise=torch.randn_like(cond))
-
-    def _ancestral(self, cond: Any, shape: Sequence[int], x_T: torch.Tensor | None, steps: int | None,
-                   verbose: bool, callback=None, img_callback=None, mask: torch.Tensor | None = None,
-                   x0: torch.Tensor | None = None, quantize_denoised: bool = False,
-                   temperature: float | Sequence[float] = 1.0, noise_dropout: float = 0.0,
-                   score_corrector: Any = None, corrector_kwargs: dict | None = None, log_every_t: int | None = None):
-        """Ancestral sampling (`DDPMSampler`) from step ``steps - 1`` down to 0; returns (img, intermediates).
-        ``callback(t)`` and ``img_callback(img, t)`` see the training step t; ``temperature`` may be per step."""
-        sampler = DDPMSampler(self)
-        steps = min(steps or self.num_timesteps, self.num_timesteps)
-        denoiser = sampler.denoiser(cond, quantize_x0=quantize_denoised, score_corrector=score_corrector,
-                                    corrector_kwargs=corrector_kwargs)
-        denoiser.model_fn = lambda x, t, c: self.apply_model(x, t, self._noisy_cond(c, t))
-        temperatures = [float(temperature)] * steps if isinstance(temperature, (int, float)) else temperature
-
-        def hook(i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
-            if callback:
-                callback(steps - 1 - i)
-            if img_callback:
-                img_callback(x, steps - 1 - i)
-
-        x = torch.randn(shape, device=self.betas.device) if x_T is None else x_T
-        return sampler.run(denoiser, x, sampler.sigmas(None)[self.num_timesteps - steps:], eta=1.0, mask=mask, x0=x0,
-                           noise=lambda x, i: scaled_noise(temperatures[steps - 1 - i], noise_dropout)(x, i),
-                           hook=hook, log_every_t=log_every_t or self.log_every_t, verbose=verbose)
-
+    # ------------------------------------------------------------------ the original sampling methods
+    # They are functions of the model in `entry_points`, imported when called so that the model does not
+    # depend on the samplers.
     @torch.no_grad()
-    def progressive_denoising(self, cond: Any, shape: Sequence[int], verbose: bool = True, callback=None,
-                              quantize_denoised: bool = False, img_callback=None, mask: torch.Tensor | None = None,
-                              x0: torch.Tensor | None = None, temperature: float | Sequence[float] = 1.0,
-                              noise_dropout: float = 0.0, score_corrector: Any = None,
-                              corrector_kwargs: dict | None = None, batch_size: int | None = None,
-                              x_T: torch.Tensor | None = None, start_T: int | None = None,
-                              log_every_t: int | None = None):
+    def progressive_denoising(self, cond: Any, shape: Sequence[int], *args: Any, **kwargs: Any):
         """Ancestral sampling that records the x_0 estimates along the way; returns (img, intermediates)."""
-        if batch_size is not None:
-            shape = [batch_size] + list(shape)
-        cond = _take_each(cond, shape[0]) if cond is not None else None
-        img, intermediates = self._ancestral(cond, shape, x_T, start_T, verbose, callback, img_callback, mask, x0,
-                                             quantize_denoised, temperature, noise_dropout, score_corrector,
-                                             corrector_kwargs, log_every_t)
-        return img, intermediates["pred_x0"][1:]
+        from ldm.models.diffusion.entry_points import progressive_denoising
+        return progressive_denoising(self, cond, shape, *args, **kwargs)
 
     @torch.no_grad()
-    def p_sample_loop(self, cond: Any, shape: Sequence[int], return_intermediates: bool = False,
-                      x_T: torch.Tensor | None = None, verbose: bool = True, callback=None,
-                      timesteps: int | None = None, quantize_denoised: bool = False, mask: torch.Tensor | None = None,
-                      x0: torch.Tensor | None = None, img_callback=None, start_T: int | None = None,
-                      log_every_t: int | None = None):
+    def p_sample_loop(self, cond: Any, shape: Sequence[int], *args: Any, **kwargs: Any):
         """Ancestral sampling (Ho et al., Algorithm 2) in latent space; ``mask`` keeps known regions of ``x0``."""
-        steps = min(timesteps or self.num_timesteps, start_T or self.num_timesteps)
-        img, intermediates = self._ancestral(cond, shape, x_T, steps, verbose, callback, img_callback, mask, x0,
-                                             quantize_denoised, log_every_t=log_every_t)
-        return (img, intermediates["x_inter"]) if return_intermediates else img
+        from ldm.models.diffusion.entry_points import p_sample_loop
+        return p_sample_loop(self, cond, shape, *args, **kwargs)
 
     @torch.no_grad()
-    def sample(self, cond: Any, batch_size: int = 16, return_intermediates: bool = False,
-               x_T: torch.Tensor | None = None, verbose: bool = True, timesteps: int | None = None,
-               quantize_denoised: bool = False, mask: torch.Tensor | None = None, x0: torch.Tensor | None = None,
-               shape: Sequence[int] | None = None, **kwargs: Any):
+    def sample(self, cond: Any, batch_size: int = 16, *args: Any, **kwargs: Any):
         """Ancestral samples of ``shape`` (default (batch_size, channels, image_size, image_size))."""
-        if shape is None:
-            shape = (batch_size, self.channels, self.image_size, self.image_size)
-        if cond is not None:
-            cond = _take_each(cond, batch_size)
-        return self.p_sample_loop(cond, shape, return_intermediates=return_intermediates, x_T=x_T, verbose=verbose,
-                                  timesteps=timesteps, quantize_denoised=quantize_denoised, mask=mask, x0=x0)
+        from ldm.models.diffusion.entry_points import sample
+        return sample(self, cond, batch_size, *args, **kwargs)
 
     @torch.no_grad()
     def sample_log(self, cond: Any, batch_size: int, ddim: bool, ddim_steps: int | None, **kwargs: Any):
         """Samples and intermediates for logging: DDIM with ``ddim_steps`` steps, or the full ancestral chain."""
-        if ddim:
-            shape = (self.channels, self.image_size, self.image_size)
-            return make_sampler("ddim", self).sample(ddim_steps, batch_size, shape, cond, verbose=False, **kwargs)
-        return self.sample(cond=cond, batch_size=batch_size, return_intermediates=True, **kwargs)
+        from ldm.models.diffusion.entry_points import sample_log
+        return sample_log(self, cond, batch_size, ddim, ddim_steps, **kwargs)
+
+    @torch.no_grad()
+    def log_images(self, batch: Mapping[str, Any], N: int = 8, n_row: int = 4, sample: bool = True,
+                   ddim_steps: int | None = 200, ddim_eta: float = 1.0, return_keys: Sequence[str] | None = None,
+                   quantize_denoised: bool = True, inpaint: bool = True, plot_denoise_rows: bool = False,
+                   plot_progressive_rows: bool = True, plot_diffusion_rows: bool = True,
+                   **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Images for the logger (`image_logging.log_latent_images`); DDIM with ``ddim_steps`` steps (None: the
+        full ancestral chain)."""
+        from ldm.models.diffusion.image_logging import log_latent_images
+        return log_latent_images(self, batch, N=N, n_row=n_row, sample=sample, ddim_steps=ddim_steps,
+                                 ddim_eta=ddim_eta, return_keys=return_keys, quantize_denoised=quantize_denoised,
+                                 inpaint=inpaint, plot_denoise_rows=plot_denoise_rows,
+                                 plot_progressive_rows=plot_progressive_rows, plot_diffusion_rows=plot_diffusion_rows)
 
     # ------------------------------------------------------------------ optimisation and display
     def _trainable_parameters(self) -> list[torch.Tensor]:

@@ -171,7 +171,9 @@ class Sampler:
     name = "ddim"  # the registry entry
 
     def __init__(self, model: torch.nn.Module, name: str | None = None):
-        self.model = model  # a DDPM / LatentDiffusion: apply_model, parameterization and the schedule buffers
+        # a DDPM / LatentDiffusion, or any object with apply_model(x, t, cond), quantize_latent(x0) (for
+        # quantize_x0) and a `diffusion` property: the GaussianDiffusion process with its schedule
+        self.model = model
         self.name = resolve_sampler_name(name or self.name)
         self.spec = SAMPLERS[self.name]
         self.step = self.spec.step if callable(self.spec.step) else globals()[self.spec.step]
@@ -181,16 +183,24 @@ class Sampler:
         """The noise levels of an ``S``-step run, from the first step's to the last."""
         if S is None:
             raise ValueError(f"sampler {self.name!r} needs the number of steps S; got None")
-        return DiscreteSchedule(self.model.alphas_cumprod).grid(int(S), self.spacing).tolist()
+        return DiscreteSchedule(self.model.diffusion.alphas_cumprod).grid(int(S), self.spacing).tolist()
 
     def options(self, eta: float, n: int) -> dict:
         """The step function's options for an ``n``-step run with ``eta``."""
         return {**self.spec.options, **({"eta": eta} if self.spec.takes_eta else {})}
 
     def denoiser(self, cond: Any = None, uc: Any = None, scale: float = 1.0, quantize_x0: bool = False,
-                 score_corrector: Any = None, corrector_kwargs: dict | None = None) -> Denoiser:
-        return Denoiser(self.model, cond, uc, scale, denoised_fn=self.model.quantize_latent if quantize_x0 else None,
-                        score_corrector=score_corrector, corrector_kwargs=corrector_kwargs)
+                 score_corrector: Any = None, corrector_kwargs: dict | None = None,
+                 network: Callable | None = None) -> Denoiser:
+        """The model's denoiser; ``score_corrector.modify_score(model, out, x, t, c, **corrector_kwargs)`` as the
+        original samplers call it; ``network(x, t, cond)`` in place of the model's ``apply_model``."""
+        corrector = None
+        if score_corrector is not None:
+            def corrector(out, x, t, c):
+                return score_corrector.modify_score(self.model, out, x, t, c, **(corrector_kwargs or {}))
+        return self.model.diffusion.denoiser(network or self.model.apply_model, cond, uc, scale,
+                                             denoised_fn=self.model.quantize_latent if quantize_x0 else None,
+                                             score_corrector=corrector)
 
     @torch.no_grad()
     def sample(self, S: int | None, batch_size: int, shape: Sequence[int], conditioning: Any = None,
@@ -211,7 +221,7 @@ class Sampler:
         if batch_size_of(conditioning) not in (None, batch_size):
             logger.warning("got %d conditionings but batch-size is %d", batch_size_of(conditioning), batch_size)
         sigmas = self.sigmas(S) if sigmas is None else [float(s) for s in sigmas]
-        device = self.model.alphas_cumprod.device
+        device = self.model.diffusion.alphas_cumprod.device
         x = torch.randn((batch_size, *shape), device=device) if x_T is None else x_T.to(device)
         denoiser = self.denoiser(conditioning, unconditional_conditioning, unconditional_guidance_scale, quantize_x0,
                                  score_corrector, corrector_kwargs)
@@ -271,15 +281,17 @@ class DDPMSampler(Sampler):
     name = "ddpm"
 
     def sigmas(self, S: int | None) -> list[float]:
-        T = int(self.model.num_timesteps)
+        process = self.model.diffusion
+        T = process.num_timesteps
         if S is not None and int(S) != T:
             raise ValueError(f"DDPM ancestral sampling runs all {T} training steps of this model; got S={S} "
                              f"(pass S=None or S={T}, or use a sampler that skips steps: ddim, plms, dpmpp2m)")
-        return DiscreteSchedule(self.model.alphas_cumprod).grid(T, "all", to_zero=True).tolist()
+        return DiscreteSchedule(process.alphas_cumprod).grid(T, "all", to_zero=True).tolist()
 
     def denoiser(self, *args: Any, **kwargs: Any) -> Denoiser:
+        """The denoiser, with its x0 estimates clamped to [-1, 1] when the process says ``clip_denoised``."""
         denoiser = super().denoiser(*args, **kwargs)
-        if self.model.clip_denoised:
+        if self.model.diffusion.clip_denoised:
             quantize = denoiser.denoised_fn or (lambda x: x)
             denoiser.denoised_fn = lambda x: quantize(x.clamp(-1.0, 1.0))
         return denoiser
@@ -287,9 +299,10 @@ class DDPMSampler(Sampler):
     def sample(self, S: int | None, *args: Any, eta: float | None = None, **kwargs: Any):
         if eta is not None and eta != 1.0:
             raise ValueError(f"DDPM ancestral sampling has eta=1 by definition; got eta={eta} (use --sampler ddim)")
-        if self.model.shorten_cond_schedule:
+        process = self.model.diffusion
+        if process.cond_ids is not None:
             raise ValueError("DDPMSampler does not support num_timesteps_cond > 1 (shorten_cond_schedule)")
-        if self.model.v_posterior != 0:
+        if process.v_posterior != 0:
             raise ValueError(f"ancestral sampling takes the posterior variance of v_posterior=0; "
-                             f"got {self.model.v_posterior}")
+                             f"got {process.v_posterior}")
         return super().sample(S, *args, eta=1.0, **kwargs)
