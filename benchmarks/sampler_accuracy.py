@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ldm.models.diffusion.denoiser import Denoiser, DiscreteSchedule  # noqa: E402
+from ldm.models.diffusion.denoiser import DiscreteSchedule  # noqa: E402
+from ldm.models.diffusion.gaussian_diffusion import GaussianDiffusion  # noqa: E402
 from ldm.models.diffusion.dpm_solver import DPMSolverSampler  # noqa: E402
 from ldm.models.diffusion.sampling import SAMPLERS, dpmpp, make_sampler, sample  # noqa: E402
 
@@ -61,6 +62,10 @@ class GaussianData(torch.nn.Module):
         self.register_buffer("alphas_cumprod", torch.cumprod(1.0 - betas, 0))
         self.schedule = DiscreteSchedule(self.alphas_cumprod)
         self.mu, self.std = mu, std
+
+    @property
+    def diffusion(self) -> GaussianDiffusion:
+        return GaussianDiffusion.from_alphas_cumprod(self.alphas_cumprod, parameterization=self.parameterization)
 
     def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         # sigma at (possibly fractional) steps t, interpolating log sigma linearly as the denoiser's t(sigma) does
@@ -100,7 +105,7 @@ def k_diffusion_dpmpp_2m():
 def run(step, model, x_T, sigmas, **options):
     """(RMS error of the VP output against the exact solution, model evaluations); the error is negative
     when the output lies closer to mu than the exact solution does."""
-    denoiser = Counted(Denoiser(model))
+    denoiser = Counted(model.diffusion.denoiser(model.apply_model))
     x_ve = x_T * math.sqrt(1 + sigmas[0] ** 2)
     out = sample(step, denoiser, x_ve, sigmas, **options)
     return signed_rms(out, model.exact(x_ve, sigmas[0], sigmas[-1]), model.mu, sigmas[-1]), denoiser.calls

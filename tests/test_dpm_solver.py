@@ -13,7 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ldm.models.diffusion.denoiser import Denoiser, DiscreteSchedule
+from ldm.models.diffusion.denoiser import DiscreteSchedule
+from ldm.models.diffusion.gaussian_diffusion import GaussianDiffusion
 from ldm.models.diffusion.dpm_solver import SKIP_TYPES, DPMSolverSampler
 from ldm.models.diffusion.sampling import (DDPMSampler, check_sampler_options, dpmpp, make_sampler,
                                            resolve_sampler_name, sample)
@@ -35,6 +36,10 @@ class GaussianData(torch.nn.Module):
         self.register_buffer("alphas_cumprod", ldm_linear_alphas_cumprod(T))
         self.mu, self.std, self.parameterization = mu, std, parameterization
         self.calls: list[int] = []  # batch size of every forward
+
+    @property
+    def diffusion(self) -> GaussianDiffusion:
+        return GaussianDiffusion.from_alphas_cumprod(self.alphas_cumprod, parameterization=self.parameterization)
 
     def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         self.calls.append(x.shape[0])
@@ -121,7 +126,7 @@ def test_classifier_free_guidance_is_one_batched_forward(mu):
 
     assert torch.allclose(out, solve(Combined(mu, std=1.0), 8), atol=1e-12)
     t = torch.full((3,), 500)
-    assert torch.equal(Denoiser(model, cond, uncond, 1.0).model_output(x_T(), t), model.apply_model(x_T(), t, cond))
+    assert torch.equal(model.diffusion.denoiser(model.apply_model, cond, uncond, 1.0).model_output(x_T(), t), model.apply_model(x_T(), t, cond))
 
 
 def test_options_the_solver_does_not_take_raise(mu):
@@ -218,7 +223,7 @@ def test_sampler_registry(tiny_ldm):
 def test_noise_prediction_multistep(mu):
     """Multistep DPM-Solver on the predicted noise: its first order is DDIM, its third order converges so."""
     model = GaussianData(mu, std=1.0)
-    denoiser = Denoiser(model)
+    denoiser = model.diffusion.denoiser(model.apply_model)
 
     def run(S: int, **options) -> torch.Tensor:
         sigmas = denoiser.schedule.grid(S, "logSNR").tolist()

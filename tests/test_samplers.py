@@ -11,22 +11,22 @@ from torch import nn
 
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.plms import PLMSSampler
-from ldm.models.diffusion.denoiser import Denoiser, cat_conditioning
-from ldm.models.diffusion.schedule import GaussianDiffusionMixin
-from ldm.modules.diffusionmodules.util import extract_into_tensor
+from ldm.models.diffusion.denoiser import cat_conditioning
+from ldm.models.diffusion.gaussian_diffusion import SCHEDULE_BUFFERS, GaussianDiffusion, schedule_buffers
+from ldm.modules.diffusionmodules.util import extract_into_tensor, make_beta_schedule
 
 SHAPE = (3, 4, 4)
 STEPS = 10
 
 
-class StubDiffusion(GaussianDiffusionMixin, nn.Module):
-    """The parts of a LatentDiffusion a sampler uses: schedule buffers, q_sample, apply_model."""
+class StubDiffusion(nn.Module):
+    """The parts of a LatentDiffusion a sampler uses: the schedule buffers, the process over them, apply_model."""
 
     def __init__(self, mode: str, x_data: torch.Tensor | None = None, timesteps: int = 100) -> None:
         super().__init__()
-        self.parameterization = "eps"
-        self.v_posterior = 0.0
-        self.register_schedule(timesteps=timesteps, linear_start=0.0015, linear_end=0.0195)
+        betas = make_beta_schedule("linear", timesteps, linear_start=0.0015, linear_end=0.0195)
+        for name, value in schedule_buffers(betas).items():
+            self.register_buffer(name, value)
         self.mode = mode
         self.x_data = x_data
         self.calls: list[int] = []
@@ -40,6 +40,10 @@ class StubDiffusion(GaussianDiffusionMixin, nn.Module):
         a = extract_into_tensor(self.sqrt_alphas_cumprod, t, x.shape)
         s = extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x.shape)
         return (x - a * self.x_data) / s  # the exact noise for data at x_data
+
+    @property
+    def diffusion(self) -> GaussianDiffusion:
+        return GaussianDiffusion({name: getattr(self, name) for name in SCHEDULE_BUFFERS})
 
 
 def oracle(batch: int = 2) -> StubDiffusion:
@@ -126,7 +130,7 @@ def test_guidance_is_one_batched_forward():
     sampler = DDIMSampler(model)
     x = torch.zeros(2, *SHAPE)
     t = torch.full((2,), 5)
-    e_t = Denoiser(model, torch.ones(2), torch.zeros(2), 3.0).model_output(x, t)
+    e_t = model.diffusion.denoiser(model.apply_model, torch.ones(2), torch.zeros(2), 3.0).model_output(x, t)
     assert model.calls == [4]
     assert torch.allclose(e_t, torch.full_like(e_t, 3.0))  # 0 + 3 * (1 - 0)
     model.calls.clear()
@@ -134,7 +138,7 @@ def test_guidance_is_one_batched_forward():
                    unconditional_conditioning=torch.zeros(2), eta=0.0, verbose=False)
     assert model.calls == [4] * STEPS
     model.calls.clear()
-    Denoiser(model, torch.ones(2), torch.zeros(2), 1.0).model_output(x, t)
+    model.diffusion.denoiser(model.apply_model, torch.ones(2), torch.zeros(2), 1.0).model_output(x, t)
     assert model.calls == [2]  # scale 1: no unconditional pass
 
 

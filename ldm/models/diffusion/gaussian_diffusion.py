@@ -138,6 +138,16 @@ class GaussianDiffusion:
         buffers = schedule_buffers(betas, kwargs.get("v_posterior", 0.0), kwargs.get("parameterization", "eps"))
         return cls(buffers, **kwargs)
 
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod: torch.Tensor, **kwargs: Any) -> GaussianDiffusion:
+        """The process whose ``alphas_cumprod`` is the given (T,) tensor, kept as it is (device and values); the
+        other schedule tensors are computed from the betas it implies, 1 - a_t / a_{t-1}."""
+        ac = alphas_cumprod.detach().to("cpu", torch.float64).numpy()
+        betas = 1.0 - ac / np.append(1.0, ac[:-1])
+        buffers = schedule_buffers(betas, kwargs.get("v_posterior", 0.0), kwargs.get("parameterization", "eps"))
+        device = alphas_cumprod.device
+        return cls({**{k: v.to(device) for k, v in buffers.items()}, "alphas_cumprod": alphas_cumprod}, **kwargs)
+
     # ------------------------------------------------------------------ forward process
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x_0) (Ho et al. eq. 4); fresh `torch.randn_like` noise when none is given."""
