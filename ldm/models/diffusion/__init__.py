@@ -1,6 +1,6 @@
 """Diffusion models and samplers of latent diffusion (Rombach et al., CVPR 2022).
 
-Configs name the models by ``ldm.models.diffusion.ddpm.<Class>``. The samplers are step functions in
-``sampling`` over the denoiser of ``denoiser``, named in ``ldm.samplers``; ``ddim``, ``plms`` and
-``dpm_solver`` keep the original sampler classes.
+Configs name the models by ``ldm.models.diffusion.ddpm.<Class>``. The process (schedule, noising, loss,
+denoiser) is ``gaussian_diffusion``; the samplers are step functions in ``sampling`` over its denoiser;
+``ddim``, ``plms`` and ``dpm_solver`` keep the original sampler classes.
 """
