@@ -12,7 +12,8 @@ and helper the original ``ddpm.py`` defined, so configs and checkpoints keep res
 - `entry_points`, `image_logging`: the original sampling methods and ``log_images``, as functions of a model;
 - `layout`: `Layout2ImgDiffusion`.
 """
-from ldm.models.diffusion.ddpm_module import DDPM, disabled_train, uniform_on_device
+from ldm.models.diffusion.ddpm_module import DDPM, uniform_on_device
+from ldm.models.diffusion.first_stage import disabled_train
 from ldm.models.diffusion.latent_diffusion import LatentDiffusion
 from ldm.models.diffusion.layout import Layout2ImgDiffusion
 from ldm.models.diffusion.wrapper import CONDITIONING_KEYS, DiffusionWrapper

@@ -23,10 +23,8 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from ldm.checkpoint import restore_weights
-from ldm.models.diffusion.gaussian_diffusion import (LOSS_TYPES, SCHEDULE_BUFFERS,  # noqa: F401 (LOSS_TYPES re-exported)
-                                                    GaussianDiffusion, schedule_buffers, validate_loss_type,
-                                                    validate_parameterization)
-from ldm.models.diffusion.first_stage import disabled_train  # noqa: F401 (re-exported by ddpm)
+from ldm.models.diffusion.gaussian_diffusion import (SCHEDULE_BUFFERS, GaussianDiffusion, schedule_buffers,
+                                                    validate_loss_type, validate_parameterization)
 from ldm.models.diffusion.wrapper import DiffusionWrapper
 from ldm.modules.diffusionmodules.util import make_beta_schedule
 from ldm.modules.ema import LitEma

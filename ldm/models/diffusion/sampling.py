@@ -194,13 +194,12 @@ class Sampler:
                  network: Callable | None = None) -> Denoiser:
         """The model's denoiser; ``score_corrector.modify_score(model, out, x, t, c, **corrector_kwargs)`` as the
         original samplers call it; ``network(x, t, cond)`` in place of the model's ``apply_model``."""
-        corrector = None
-        if score_corrector is not None:
-            def corrector(out, x, t, c):
-                return score_corrector.modify_score(self.model, out, x, t, c, **(corrector_kwargs or {}))
+        def corrector(out, x, t, c):
+            return score_corrector.modify_score(self.model, out, x, t, c, **(corrector_kwargs or {}))
+
         return self.model.diffusion.denoiser(network or self.model.apply_model, cond, uc, scale,
                                              denoised_fn=self.model.quantize_latent if quantize_x0 else None,
-                                             score_corrector=corrector)
+                                             score_corrector=None if score_corrector is None else corrector)
 
     @torch.no_grad()
     def sample(self, S: int | None, batch_size: int, shape: Sequence[int], conditioning: Any = None,
