@@ -87,13 +87,16 @@ def _call_onednn_linear(op: Callable[..., torch.Tensor], x: torch.Tensor, weight
 
 
 def _self_test_failure(op: Callable[..., torch.Tensor]) -> str | None:
-    """Why ``op`` cannot stand in for ``F.linear`` on small random tensors (with and without bias); None if it can."""
+    """Why ``op`` cannot stand in for ``F.linear`` on small random tensors; None if it can.
+
+    The two uses of ``dense`` are tried: tokens ``(B, T, C)`` with a bias and patch rows ``(N, C)`` without.
+    """
     generator = torch.Generator().manual_seed(0)  # its own generator: the global random state stays as it was
-    x = torch.randn(2, 3, 8, generator=generator)
+    tokens = torch.randn(2, 3, 8, generator=generator)
     weight = torch.randn(5, 8, generator=generator)
     bias = torch.randn(5, generator=generator)
     with torch.no_grad(), torch.autocast("cpu", enabled=False):
-        for b in (bias, None):
+        for x, b in ((tokens, bias), (tokens[1], None)):
             try:
                 out = _call_onednn_linear(op, x, weight, b)
             except Exception as err:  # noqa: BLE001 - any error (a changed signature above all) means the plain path
