@@ -65,11 +65,11 @@ def test_compile_unet_finds_the_unet_of_a_diffusion_model(monkeypatch):
 @pytest.mark.skipif(ldm_compile.unavailable_reason(torch.device("cpu")) is not None, reason="no C++ compiler")
 @pytest.mark.parametrize("convolutions_as_gemm", [False, True])
 def test_compiled_unet_matches_eager_and_keeps_its_keys(convolutions_as_gemm, monkeypatch, caplog):
-    from ldm.modules.diffusionmodules import util
+    from ldm.modules import fastpaths
 
-    if convolutions_as_gemm:  # the path of large weights on small maps (util.Conv2d), here for every convolution
-        monkeypatch.setattr(util, "GEMM_CONV_MIN_WEIGHT", 0)
-        monkeypatch.setattr(util, "GEMM_CONV_MAX_POSITIONS", 1 << 30)
+    if convolutions_as_gemm:  # the path of large weights on small maps (fastpaths.Conv2d), here for every convolution
+        monkeypatch.setattr(fastpaths, "GEMM_CONV_MIN_WEIGHT", 0)
+        monkeypatch.setattr(fastpaths, "GEMM_CONV_MAX_POSITIONS", 1 << 30)
     m, args, kwargs = _unet()
     keys = list(m.state_dict())
     with torch.no_grad(), caplog.at_level(logging.WARNING, logger="ldm.compile"):

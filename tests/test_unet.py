@@ -362,7 +362,7 @@ def test_feed_forward_in_chunks_at_inference_gives_the_same_tokens(monkeypatch):
 @pytest.mark.parametrize("kernel,stride,padding,bias", [(3, 1, 1, True), (3, 2, 1, True), (3, 1, 0, False),
                                                          (1, 1, 0, True), ((3, 1), (2, 1), (1, 0), True)])
 def test_conv2d_as_gemm_matches_the_convolution_forward_and_backward(kernel, stride, padding, bias):
-    from ldm.modules.diffusionmodules.util import conv2d_as_gemm
+    from ldm.modules.fastpaths import conv2d_as_gemm
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(6, 5, kernel, stride=stride, padding=padding, bias=bias).to(memory_format=torch.channels_last)
@@ -381,7 +381,7 @@ def test_conv2d_as_gemm_matches_the_convolution_forward_and_backward(kernel, str
 
 
 def test_conv2d_runs_as_gemm_only_for_large_weights_on_small_float32_maps():
-    from ldm.modules.diffusionmodules.util import Conv2d
+    from ldm.modules.fastpaths import Conv2d
 
     with torch.device("meta"):  # the decision needs shapes only
         big = Conv2d(1280, 1280, 3, padding=1).to(memory_format=torch.channels_last)
@@ -401,13 +401,13 @@ def test_conv2d_runs_as_gemm_only_for_large_weights_on_small_float32_maps():
 @pytest.fixture
 def every_convolution_as_gemm(monkeypatch):
     """Every 2-D convolution of the U-Net runs as one GEMM; returns the list that counts those calls."""
-    from ldm.modules.diffusionmodules import util
+    from ldm.modules import fastpaths
 
-    monkeypatch.setattr(util, "GEMM_CONV_MIN_WEIGHT", 0)
-    monkeypatch.setattr(util, "GEMM_CONV_MAX_POSITIONS", 1 << 30)
+    monkeypatch.setattr(fastpaths, "GEMM_CONV_MIN_WEIGHT", 0)
+    monkeypatch.setattr(fastpaths, "GEMM_CONV_MAX_POSITIONS", 1 << 30)
     calls = []
-    as_gemm = util.conv2d_as_gemm
-    monkeypatch.setattr(util, "conv2d_as_gemm", lambda *a: calls.append(1) or as_gemm(*a))
+    as_gemm = fastpaths.conv2d_as_gemm
+    monkeypatch.setattr(fastpaths, "conv2d_as_gemm", lambda *a: calls.append(1) or as_gemm(*a))
     return calls
 
 
@@ -419,15 +419,15 @@ def test_unet_parity_with_every_convolution_as_gemm(name, every_convolution_as_g
 
 
 def test_dense_matches_linear_at_inference_and_keeps_gradients():
-    from ldm.modules.diffusionmodules import util
+    from ldm.modules import fastpaths
 
     torch.manual_seed(0)
-    layer = util.Linear(24, 40)
+    layer = fastpaths.Linear(24, 40)
     x = torch.randn(3, 7, 24)
     ref = torch.nn.functional.linear(x, layer.weight, layer.bias)
     with torch.no_grad():
         out = layer(x)
-        out_t = util.dense(torch.randn(3, 24, 7).transpose(1, 2), layer.weight)  # a strided input, no bias
+        out_t = fastpaths.dense(torch.randn(3, 24, 7).transpose(1, 2), layer.weight)  # a strided input, no bias
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     assert out.shape == (3, 7, 40) and out_t.shape == (3, 7, 40)
     y = layer(x)  # with gradients: F.linear, whose backward runs
@@ -440,12 +440,12 @@ def test_dense_matches_linear_at_inference_and_keeps_gradients():
 @pytest.mark.parametrize("name", ["unet_crossattn", "unet_adm_scale_shift"])
 def test_unet_parity_at_inference_with_the_fast_paths(name, monkeypatch, every_convolution_as_gemm):
     """Under no_grad (oneDNN matrix products, every 2-D convolution a GEMM) the golden outputs hold."""
-    from ldm.modules.diffusionmodules import util
+    from ldm.modules import fastpaths
 
     calls = []
-    fast = util._ONEDNN_LINEAR
+    fast = fastpaths.onednn_linear()
     if fast is not None:
-        monkeypatch.setattr(util, "_ONEDNN_LINEAR", lambda *a: calls.append(1) or fast(*a))
+        monkeypatch.setattr(fastpaths, "onednn_linear", lambda: lambda *a: calls.append(1) or fast(*a))
     case = load_case(name)
     m = instantiate_from_config(case["config"])
     m.load_state_dict(case["state_dict"], strict=True)

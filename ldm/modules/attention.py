@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ldm.modules.diffusionmodules.util import Linear, checkpoint, dense
+from ldm.modules.diffusionmodules.util import checkpoint
+from ldm.modules.fastpaths import Linear, dense
 
 #: Epsilon of the plain GroupNorm used around the spatial transformer (differs from the U-Net's 1e-5).
 NORMALIZE_EPS = 1e-6

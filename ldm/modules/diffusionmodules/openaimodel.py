@@ -12,7 +12,6 @@ Module names and ordering match the original CompVis code so that its checkpoint
 """
 from __future__ import annotations
 
-import math
 from abc import abstractmethod
 from typing import Any, Callable, Sequence
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ldm.modules import fastpaths
 from ldm.modules.attention import SpatialTransformer, attention, conv1x1_tokens
 from ldm.modules.diffusionmodules.util import (
     avg_pool_nd,
@@ -141,24 +141,6 @@ class Upsample(nn.Module):
         if self.use_conv:
             x = self.conv(x)
         return x
-
-
-class TransposedUpsample(nn.Module):
-    """Learned 2x upsampling with a transposed convolution, without padding."""
-
-    def __init__(
-        self,
-        channels: int,  # input channels
-        out_channels: int | None = None,  # output channels; None = channels
-        ks: int = 5,  # kernel size
-    ) -> None:
-        super().__init__()
-        self.channels = channels
-        self.out_channels = out_channels or channels
-        self.up = nn.ConvTranspose2d(self.channels, self.out_channels, kernel_size=ks, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(x)
 
 
 class Downsample(nn.Module):
@@ -301,10 +283,6 @@ class _PackedQKVAttention(nn.Module):
     def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Views ``(B, T, h, C)`` of q, k, v in packed ``(B, T, 3 * h * C)`` tokens."""
 
-    @staticmethod
-    def count_flops(model: nn.Module, _x: Any, y: tuple[torch.Tensor]) -> None:
-        count_flops_attn(model, _x, y)
-
 
 class QKVAttentionLegacy(_PackedQKVAttention):
     """Multi-head attention on a packed (B, heads * 3 * C, T) qkv tensor, heads outermost (ADM's legacy order)."""
@@ -332,14 +310,6 @@ def _packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     """
     out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, h, T, C)
     return out.transpose(1, 2).flatten(2)  # (B, T, h*C)
-
-
-def count_flops_attn(model: nn.Module, _x: Any, y: tuple[torch.Tensor]) -> None:
-    """A counter hook for the ``thop`` package: the two matmuls of an attention operation."""
-    b, c, *spatial = y[0].shape
-    num_spatial = int(math.prod(spatial))
-    matmul_ops = 2 * b * (num_spatial ** 2) * c
-    model.total_ops += torch.DoubleTensor([matmul_ops])
 
 
 class AttentionBlock(nn.Module):
@@ -577,10 +547,11 @@ class UNetModel(nn.Module):
         """Run 2-D feature maps (and keep the convolution weights) in the channels-last memory format, or not.
 
         Channels-last makes the oneDNN/cuDNN convolutions faster and the token view of a feature map that the
-        attention blocks work on a free view. Values and state-dict keys are the same either way.
+        attention blocks work on a free view. Values and state-dict keys are the same either way. With the
+        fast paths off (``ldm.modules.fastpaths``, ``LDM_FAST_PATHS=0``) the contiguous format is kept.
         """
         self.channels_last = flag
-        self.to(memory_format=torch.channels_last if flag else torch.contiguous_format)
+        self.to(memory_format=fastpaths.memory_format(flag))
 
     def convert_to_fp16(self) -> None:
         """Run the input, middle and output blocks in float16."""
@@ -619,8 +590,8 @@ class UNetModel(nn.Module):
             emb = emb + self.label_emb(y)  # (B, 4 mc)
 
         h = x.type(self.dtype)
-        if h.ndim == 4 and self.channels_last:
-            h = h.contiguous(memory_format=torch.channels_last)
+        if h.ndim == 4:
+            h = h.contiguous(memory_format=fastpaths.memory_format(self.channels_last))
         emb = emb.type(self.dtype)
         if context is not None:
             context = context.type(self.dtype)

@@ -4,7 +4,9 @@ Noise schedules (linear / "scaled linear" of Rombach et al. 2022, cosine of Nich
 ``betas_for_alpha_bar``), the DDIM step selection and its sigmas (Song et al. 2021, eq. 16),
 the sinusoidal timestep embedding (Vaswani et al. 2017, as used by Ho et al. 2020), gradient
 checkpointing (Chen et al. 2016) and the small layer factories of the ADM U-Net
-(Dhariwal & Nichol 2021). Numerics follow the original CompVis code, checkpoints depend on them.
+(Dhariwal & Nichol 2021), whose 2-D convolutions are the fast-path ``Conv2d`` of ``ldm.modules.fastpaths``.
+Numerics follow the original CompVis code, checkpoints depend on them. ``mean_flat`` (``ldm.util``) is
+re-exported under the original's path.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import torch.nn as nn
 import torch.utils.checkpoint
 from einops import repeat
 
-from ldm.util import instantiate_from_config
+from ldm.modules.fastpaths import Conv2d
+from ldm.util import instantiate_from_config, mean_flat  # noqa: F401 - mean_flat: the original's name here too
 
 logger = logging.getLogger(__name__)
 
@@ -162,11 +165,6 @@ def scale_module(module: nn.Module, scale: float) -> nn.Module:
     return module
 
 
-def mean_flat(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean over every dimension but the batch dimension."""
-    return tensor.mean(dim=list(range(1, tensor.ndim)))
-
-
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm that normalizes in float32 whatever the input dtype, and returns the input dtype."""
 
@@ -200,95 +198,8 @@ def _check_dims(dims: int) -> None:
         raise ValueError(f"dims must be 1, 2 or 3; got {dims!r}")
 
 
-#: oneDNN's float32 matrix product with the bias fused (the op that Inductor lowers linear layers to on the CPU);
-#: None where this torch build has no oneDNN.
-_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
-
-
-def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``: ``x @ weight.T + bias`` over the last dimension of ``x``.
-
-    At float32 inference on the CPU (no tensor that needs a gradient, outside autocast) the product runs in
-    oneDNN's matmul, which at one thread is 5-35% faster than the BLAS ``addmm`` behind ``F.linear`` on the
-    U-Net's shapes (100-108 against 73-96 GFLOP/s); the same sums in another order, equal to float32
-    rounding. That op has no backward, so with gradients, and elsewhere, this is ``F.linear``; under
-    ``torch.compile`` it is ``F.linear`` too, which Inductor lowers to its own packed-weight kernels.
-    """
-    if (_ONEDNN_LINEAR is not None and not torch.compiler.is_compiling() and x.device.type == "cpu"
-            and torch.backends.mkldnn.enabled
-            and x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
-            and not torch.is_autocast_enabled("cpu")
-            and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)))):
-        return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
-    return nn.functional.linear(x, weight, bias)
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and state-dict keys) whose product is ``dense``'s."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dense(x, self.weight, self.bias)
-
-
-#: Largest number of output positions (batch x height x width) of a convolution run as one matrix product.
-GEMM_CONV_MAX_POSITIONS = 256
-#: Smallest weight (elements) of a convolution run as one matrix product.
-GEMM_CONV_MIN_WEIGHT = 2 ** 23
-
-
-def conv2d_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
-                   padding: tuple[int, int]) -> torch.Tensor:
-    """A 2-D convolution (zero padding, no dilation, one group) as one matrix product over gathered patches.
-
-    The patches of the ``(B, C_in, H, W)`` input are gathered as rows of ``(B * H' * W', kh * kw * C_in)``
-    in (ky, kx, channel) order, which is the memory order of a channels-last weight, so the weight enters the
-    product as the free view ``(C_out, kh * kw * C_in)``. Returns ``(B, C_out, H', W')`` in the channels-last
-    memory format. The same sums as ``F.conv2d`` in another order: equal to float32 rounding.
-    """
-    b, c, _, _ = x.shape
-    c_out, _, kh, kw = weight.shape
-    (sh, sw), (ph, pw) = stride, padding
-    x = nn.functional.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph))  # (B, H + 2 ph, W + 2 pw, C_in)
-    patches = x.unfold(1, kh, sh).unfold(2, kw, sw)  # (B, H', W', C_in, kh, kw), a view
-    h_out, w_out = patches.shape[1:3]
-    rows = patches.permute(0, 1, 2, 4, 5, 3).reshape(b * h_out * w_out, kh * kw * c)  # (B H' W', kh kw C_in)
-    w = weight.permute(0, 2, 3, 1).reshape(c_out, kh * kw * c)  # (C_out, kh kw C_in), a view when channels-last
-    out = dense(rows, w, bias)  # (B H' W', C_out)
-    return out.view(b, h_out, w_out, c_out).permute(0, 3, 1, 2)
-
-
-class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters and state-dict keys) that runs large-weight, small-map cases as a GEMM.
-
-    On the CPU, oneDNN's direct convolution runs at a fraction of the cores' peak when a large weight meets
-    few output positions: for the 3x3 convolutions of 1024 or more channels on the 4x4 and 8x8 maps of the
-    text-to-image U-Net (batch 2), 20 and 57 GFLOP/s at one thread against about 110 for the same arithmetic
-    as one matrix product (``conv2d_as_gemm``; 3.0x and 1.6x faster, forward and backward). Smaller weights
-    or more positions stay with oneDNN, which is as fast or faster there (640 channels at 8x8, any map of 16x16
-    and up). Float32 only, outside autocast, with a channels-last weight (the U-Net's layout), so that the
-    weight is used in place; otherwise, and on other devices, this is ``nn.Conv2d``.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._as_gemm(x):
-            return conv2d_as_gemm(x, self.weight, self.bias, self.stride, self.padding)
-        return super().forward(x)
-
-    def _as_gemm(self, x: torch.Tensor) -> bool:
-        w = self.weight
-        if not (x.device.type == "cpu" and x.ndim == 4 and x.dtype == w.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu") and w.numel() >= GEMM_CONV_MIN_WEIGHT
-                and self.groups == 1 and self.dilation == (1, 1) and self.padding_mode == "zeros"
-                and not isinstance(self.padding, str) and w.permute(0, 2, 3, 1).is_contiguous()):
-            return False
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        h_out = (x.shape[2] + 2 * ph - kh) // sh + 1
-        w_out = (x.shape[3] + 2 * pw - kw) // sw + 1
-        return x.shape[0] * h_out * w_out <= GEMM_CONV_MAX_POSITIONS
-
-
 def conv_nd(dims: int, *args: Any, **kwargs: Any) -> nn.Module:
-    """A 1-D, 2-D (``Conv2d`` above) or 3-D convolution."""
+    """A 1-D, 2-D (``fastpaths.Conv2d``, a GEMM where that is faster) or 3-D convolution."""
     _check_dims(dims)
     return (nn.Conv1d, Conv2d, nn.Conv3d)[dims - 1](*args, **kwargs)
 
