@@ -420,7 +420,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_drop_advertisements)
     now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
-    sys.path.append(os.getcwd())
     parser = get_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # key=value overrides may stand anywhere, even right after a flag with an optional value (-t, --no-test).
