@@ -105,9 +105,11 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def parse_devices(value: Any) -> Any:
-    """'0,' -> [0]; '0,1' -> [0, 1]; '2' -> 2; 'auto' -> 'auto'."""
+    """'0,' -> [0]; '0,1' -> [0, 1]; '2' -> 2; 'auto' -> 'auto'; a list (also a config's) -> a list."""
     if isinstance(value, (int, list)) or value is None:
         return value
+    if OmegaConf.is_list(value):
+        return list(value)
     text = str(value).strip()
     if text in ("auto", "-1"):
         return "auto" if text == "auto" else -1
