@@ -105,9 +105,11 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def parse_devices(value: Any) -> Any:
-    """'0,' -> [0]; '0,1' -> [0, 1]; '2' -> 2; 'auto' -> 'auto'."""
+    """'0,' -> [0]; '0,1' -> [0, 1]; '2' -> 2; 'auto' -> 'auto'; a list (also a config's) -> a list."""
     if isinstance(value, (int, list)) or value is None:
         return value
+    if OmegaConf.is_list(value):
+        return list(value)
     text = str(value).strip()
     if text in ("auto", "-1"):
         return "auto" if text == "auto" else -1
@@ -420,7 +422,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_drop_advertisements)
     now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
-    sys.path.append(os.getcwd())
     parser = get_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # key=value overrides may stand anywhere, even right after a flag with an optional value (-t, --no-test).

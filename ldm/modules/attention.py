@@ -21,10 +21,6 @@ the token space are applied as the equivalent matrix products on it.
 """
 from __future__ import annotations
 
-import math
-from inspect import isfunction
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -32,39 +28,16 @@ from torch import nn
 
 from ldm.modules.diffusionmodules.util import checkpoint
 from ldm.modules.fastpaths import Linear, dense
+from ldm.util import default, exists
 
 #: Epsilon of the plain GroupNorm used around the spatial transformer (differs from the U-Net's 1e-5).
 NORMALIZE_EPS = 1e-6
 NORMALIZE_GROUPS = 32
 
 
-def exists(val: Any) -> bool:
-    return val is not None
-
-
-def uniq(arr: Any) -> Any:
-    """The distinct elements of ``arr`` in first-seen order."""
-    return {el: True for el in arr}.keys()
-
-
-def default(val: Any, d: Any) -> Any:
-    """``val`` if it is not None, else ``d`` (called first when it is a function)."""
-    if exists(val):
-        return val
-    return d() if isfunction(d) else d
-
-
 def max_neg_value(t: torch.Tensor) -> float:
     """The most negative finite value of the dtype of ``t``."""
     return -torch.finfo(t.dtype).max
-
-
-def init_(tensor: torch.Tensor) -> torch.Tensor:
-    """Uniform init in +-1/sqrt(fan_in), in place."""
-    dim = tensor.shape[-1]
-    std = 1 / math.sqrt(dim)
-    tensor.uniform_(-std, std)
-    return tensor
 
 
 def zero_module(module: nn.Module) -> nn.Module:
