@@ -24,6 +24,7 @@ class StubDiffusion(nn.Module):
 
     def __init__(self, mode: str, x_data: torch.Tensor | None = None, timesteps: int = 100) -> None:
         super().__init__()
+        self.parameterization = "eps"
         betas = make_beta_schedule("linear", timesteps, linear_start=0.0015, linear_end=0.0195)
         for name, value in schedule_buffers(betas).items():
             self.register_buffer(name, value)
@@ -43,7 +44,8 @@ class StubDiffusion(nn.Module):
 
     @property
     def diffusion(self) -> GaussianDiffusion:
-        return GaussianDiffusion({name: getattr(self, name) for name in SCHEDULE_BUFFERS})
+        return GaussianDiffusion({name: getattr(self, name) for name in SCHEDULE_BUFFERS},
+                                 parameterization=self.parameterization)
 
 
 def oracle(batch: int = 2) -> StubDiffusion:
