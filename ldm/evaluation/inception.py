@@ -124,8 +124,8 @@ class _TorchLoadingFrom:
 def build_fidelity_inception(weights: str | os.PathLike, layers: list[str]) -> torch.nn.Module:
     """torch-fidelity's Inception-v3 with the weights in ``weights``, read through `read_inception_weights`.
 
-    Its constructor reads the file itself with ``torch.load(weights_only=False)``, which could run code
-    from it; here that call is answered with the state dict the project's loader has read instead."""
+    Its constructor reads the file itself with torch's unrestricted unpickler (``weights_only=False``), which
+    could run code from it; here that call is answered with the state dict the project's loader has read."""
     import torch_fidelity.feature_extractor_inceptionv3 as fidelity
 
     state_dict = read_inception_weights(weights)
