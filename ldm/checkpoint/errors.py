@@ -22,4 +22,3 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
 
 class InvalidCheckpointError(RuntimeError):
     """A file that exists but cannot be read as a checkpoint (empty, truncated, corrupt, wrong format)."""
-

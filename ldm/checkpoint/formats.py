@@ -84,4 +84,3 @@ def _zip_contents(path: Path, size: int) -> tuple[bool, dict[str, int] | None]:
                 return False, None
             records[key] = info.file_size
     return False, records
-

@@ -56,7 +56,6 @@ def _load_safetensors(path: Path, map_location: Any) -> dict[str, torch.Tensor]:
             f"truncated or corrupt.{_hint(path)}") from err
 
 
-
 #: Objects that a loaded checkpoint may reach, counting shared references each time they are reached, beyond
 #: the bound of `_max_expansion`. A model's checkpoint is a tree of a few thousand containers.
 _EXPANSION_BASE = 10_000
@@ -110,6 +109,7 @@ def _check_expansion(obj: Any, file_size: int, source: str) -> None:
         on_path.add(id(node))
         stack.append((node, -1))
         stack.extend((child, depth + 1) for child in children)
+
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """Load a whole checkpoint without running code from it.
@@ -228,4 +228,3 @@ def restore_weights(module: torch.nn.Module, path: str | os.PathLike, ignore_key
         log("Missing Keys: %s", missing)
     if unexpected:
         log("Unexpected Keys: %s", unexpected)
-

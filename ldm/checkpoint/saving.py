@@ -174,4 +174,3 @@ def convert_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike) -> Pa
             if isinstance(obj.get(key), (int, str)):
                 metadata[key] = str(obj[key])
     return save_checkpoint_atomic(state_dict, dst, metadata=metadata)
-
