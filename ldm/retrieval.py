@@ -101,7 +101,7 @@ class NumpySearcher:
         return idx, np.take_along_axis(scores, idx, axis=1)
 
     def serialize(self, folder: str | os.PathLike) -> None:
-        from ldm.util import atomic_path  # imports torch: only when a searcher is saved
+        from ldm.checkpoint import atomic_path  # imports torch: only when a searcher is saved
 
         with atomic_path(Path(folder, NUMPY_SEARCHER_FILE)) as tmp, open(tmp, "wb") as f:
             np.save(f, self.dataset)

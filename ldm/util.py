@@ -5,15 +5,13 @@ YAML config of the project uses. Errors name the offending value and where in th
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import inspect
 import logging
 import os
-import secrets
 from inspect import isfunction
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -216,34 +214,3 @@ def log_txt_as_img(wh: tuple[int, int], xc: list[str], size: int = 10, font_path
         arr = np.asarray(canvas, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
         out.append(torch.from_numpy(arr))
     return torch.stack(out)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; once the block has written it, fsync it and rename it to
-    ``path``. ``path`` therefore holds either its old content or the complete new file, never a part;
-    if the block raises, the temporary file is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every platform can open a folder
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)

@@ -157,9 +157,10 @@ def test_progress_line_has_step_loss_speed_and_eta(monkeypatch, caplog):
     import torch
 
     from ldm import callbacks
+    from ldm.training import progress
 
     clock = [1000.0]
-    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
     caplog.set_level(logging.INFO, logger="ldm.callbacks")
     trainer = StubTrainer(global_step=20, max_steps=220)
     log = callbacks.ProgressLog(interval=30)
@@ -178,7 +179,7 @@ def test_progress_line_has_step_loss_speed_and_eta(monkeypatch, caplog):
 def test_progress_line_without_returned_loss_uses_the_logged_step_loss():
     import torch
 
-    from ldm.callbacks import _loss_value
+    from ldm.training.progress import _loss_value
 
     metrics = {"aeloss_epoch": torch.tensor(3.0), "val/rec_loss": torch.tensor(1.0), "aeloss_step": torch.tensor(2.0),
                "discloss_step": torch.tensor(0.5)}
@@ -267,13 +268,14 @@ def test_thread_watch_follows_other_work(monkeypatch, caplog):
     import torch
 
     from ldm import callbacks, threads
+    from ldm.training import resources
 
     clock = [0.0]
     busy_jiffies = [0]
     own = [0.0]
     hz = os.sysconf("SC_CLK_TCK")
     monkeypatch.setattr(threads.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(resources.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(threads, "_cpu_times", lambda: (busy_jiffies[0], 0))
     monkeypatch.setattr(threads.os, "times", lambda: os.times_result((own[0], 0.0, 0.0, 0.0, 0.0)))
     monkeypatch.setattr(threads, "available_cores", lambda: 2)

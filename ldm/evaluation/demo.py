@@ -170,7 +170,7 @@ def evaluate_demo(ckpt: str | os.PathLike, cache_dir: str | os.PathLike, sampler
     size = images.shape[-1]
     if samples_out is not None:  # the samples as scripts/evaluate.py reads them, with their labels
         from ldm.evaluation.zoo import to_uint8
-        from ldm.util import atomic_path
+        from ldm.checkpoint import atomic_path
 
         with atomic_path(samples_out) as tmp, open(tmp, "wb") as f:
             np.savez(f, to_uint8(images), labels.numpy())

@@ -14,12 +14,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
+from ldm.checkpoint import load_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -83,22 +85,56 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def check_inception_weights(path: str | os.PathLike) -> None:
-    """ValueError unless ``path`` holds a plain state dict of tensors with Inception's 1008 x 2048 final layer.
-
-    The file is read with ``weights_only=True`` first, so that a file that would run code when
-    unpickled is refused before torch-fidelity loads it.
-    """
+def read_inception_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The Inception state dict in ``path``, read by `ldm.checkpoint.load_state_dict` (no code from the file
+    runs); ValueError unless it is a plain state dict of tensors with Inception's 1008 x 2048 final layer."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_state_dict(path)
     except Exception as err:  # a pickle with globals, a truncated file, not a torch file at all
         raise ValueError(f"Inception weights {path} cannot be read as a plain state dict of tensors: {err}") from err
-    if not isinstance(state, Mapping) or "fc.weight" not in state:
+    if "fc.weight" not in state:
         raise ValueError(f"Inception weights {path} are not torch-fidelity's Inception-v3 state dict "
                          f"(no 'fc.weight'; expected {INCEPTION_FILENAME})")
     if tuple(state["fc.weight"].shape) != FC_SHAPE:
         raise ValueError(f"Inception weights {path}: fc.weight has shape {tuple(state['fc.weight'].shape)}, "
                          f"expected {FC_SHAPE} ({INCEPTION_FILENAME})")
+    return state
+
+
+def check_inception_weights(path: str | os.PathLike) -> None:
+    """ValueError unless ``path`` holds Inception's weights (`read_inception_weights`); checked before any
+    feature is extracted."""
+    read_inception_weights(path)
+
+
+class _TorchLoadingFrom:
+    """The ``torch`` that torch-fidelity's Inception constructor sees while it is built: its ``torch.load``
+    of the weights file returns the state dict read by the project's loader, everything else is torch."""
+
+    def __init__(self, state_dict: dict[str, torch.Tensor]):
+        self.state_dict = state_dict  # what the constructor's torch.load returns
+
+    def load(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        return self.state_dict
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+
+def build_fidelity_inception(weights: str | os.PathLike, layers: list[str]) -> torch.nn.Module:
+    """torch-fidelity's Inception-v3 with the weights in ``weights``, read through `read_inception_weights`.
+
+    Its constructor reads the file itself with torch's unrestricted unpickler (``weights_only=False``), which
+    could run code from it; here that call is answered with the state dict the project's loader has read."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
+
+    state_dict = read_inception_weights(weights)
+    fidelity.torch = _TorchLoadingFrom(state_dict)
+    try:
+        return fidelity.FeatureExtractorInceptionV3(EXTRACTOR_NAME, layers, feature_extractor_weights_path=str(weights),
+                                                    verbose=False)
+    finally:
+        fidelity.torch = torch
 
 
 class InceptionFeatures:
@@ -122,11 +158,7 @@ class InceptionFeatures:
     @property
     def model(self) -> torch.nn.Module:
         if self._model is None:
-            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-            model = FeatureExtractorInceptionV3(EXTRACTOR_NAME, self.fidelity_layers,
-                                                feature_extractor_weights_path=str(self.weights), verbose=False)
-            self._model = model.to(self.device).eval()
+            self._model = build_fidelity_inception(self.weights, self.fidelity_layers).to(self.device).eval()
         return self._model
 
     @torch.no_grad()

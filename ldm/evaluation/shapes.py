@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ldm.data.synthetic import CLASSES, COLOURS, SHAPES, SyntheticShapesBase
-from ldm.util import atomic_path
+from ldm.checkpoint import load_checkpoint, save_checkpoint_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def load_or_train(cache_dir: str | os.PathLike, settings: dict = TRAIN_SETTINGS,
     """The classifier for ``settings`` from ``cache_dir``, trained and saved there when absent."""
     path = Path(cache_dir) / f"shapes-classifier-{settings_key(settings)}.pt"
     if path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = load_checkpoint(path)
         model = ShapesClassifier(settings["width"])
         model.load_state_dict(blob["state_dict"])
         logger.info("shapes classifier from %s (validation accuracy %.4f)", path, blob["accuracy"])
@@ -160,6 +160,5 @@ def load_or_train(cache_dir: str | os.PathLike, settings: dict = TRAIN_SETTINGS,
     if accuracy < MIN_VALIDATION_ACCURACY:
         raise RuntimeError(f"the shapes classifier reached only {accuracy:.3f} validation accuracy "
                            f"(needs {MIN_VALIDATION_ACCURACY}); its figures would not be trustworthy")
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "accuracy": accuracy, "settings": settings}, tmp)
+    save_checkpoint_atomic({"state_dict": model.state_dict(), "accuracy": accuracy, "settings": settings}, path)
     return model, accuracy

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ldm.samplers import SAMPLERS
-from ldm.util import atomic_path
+from ldm.checkpoint import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from ldm.models.diffusion.sampling import make_sampler
 from ldm.samplers import check_sampler_options, resolve_sampler_name
 from ldm.scripting.samplers import run_sampler
 from ldm.evaluation.settings import REGISTRY
-from ldm.util import atomic_path, resolve_path
+from ldm.checkpoint import atomic_path
+from ldm.util import resolve_path
 
 logger = logging.getLogger(__name__)
 

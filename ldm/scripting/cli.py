@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+from ldm.checkpoint.errors import InvalidCheckpointError, UnsafeCheckpointError
 from ldm.samplers import sampler_names
 from ldm.threads import apply_threads, choose_threads
 
@@ -119,13 +120,6 @@ def run_script(main: Callable[[list[str] | None], Any]) -> None:
     logging.getLogger("ldm.threads").setLevel(logging.INFO)  # the thread count is reported at start
     try:
         main(sys.argv[1:])
-    except (OSError, ValueError) as err:  # missing or unreadable files, bad arguments
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    except Exception as err:
-        checkpoint = sys.modules.get("ldm.checkpoint")  # imported if a checkpoint was being read
-        if checkpoint is None or not isinstance(err, (checkpoint.InvalidCheckpointError,
-                                                      checkpoint.UnsafeCheckpointError)):
-            raise
-        print(f"error: {err}", file=sys.stderr)
+    except (OSError, ValueError, InvalidCheckpointError, UnsafeCheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)  # missing or unreadable files, bad arguments, unusable checkpoints
         sys.exit(1)

@@ -16,6 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ldm.checkpoint.hints import download_hint
+
 #: Parameters of a model config that point at separately downloaded weights; a full checkpoint holds them.
 CKPT_PATH_KEYS = ("ckpt_path",)
 #: Sub-configs of a LatentDiffusion whose own ``ckpt_path`` a full checkpoint makes redundant.
@@ -27,18 +29,9 @@ UNCONDITIONAL = "__is_unconditional__"
 DEFAULT_UNET_CHANNEL_MULT = (1, 2, 4, 8)
 
 
-def download_hint(path: str | os.PathLike) -> str:
-    """How to get a model-zoo file at ``path``: the download script and model name for models/<kind>/<name>/."""
-    parts = Path(path).parts
-    if "models" in parts:
-        rest = parts[len(parts) - parts[::-1].index("models"):]
-        if len(rest) >= 3:
-            kind, name = rest[0], rest[1]
-            if kind in ("ldm", "rdm"):
-                return f"Fetch it with `bash scripts/download_models.sh {name}`."
-            if kind == "first_stage_models":
-                return f"Fetch it with `bash scripts/download_first_stages.sh {name}`."
-    return "Pass the right path, or train a model with `python main.py --base <config> -t`."
+def _missing_file_hint(path: str | os.PathLike) -> str:
+    """How to get the missing file ``path``: the model zoo's download hint, else where models come from."""
+    return download_hint(path) or "Pass the right path, or train a model with `python main.py --base <config> -t`."
 
 
 def require_file(path: str | os.PathLike, what: str, hint: str | None = None) -> Path:
@@ -47,7 +40,7 @@ def require_file(path: str | os.PathLike, what: str, hint: str | None = None) ->
     p = Path(path)
     if not p.is_file():
         state = "is a directory, not a file" if p.is_dir() else "not found"
-        raise FileNotFoundError(f"{what} {state}: {p}. {hint if hint is not None else download_hint(p)}")
+        raise FileNotFoundError(f"{what} {state}: {p}. {hint if hint is not None else _missing_file_hint(p)}")
     return p
 
 
@@ -94,7 +87,7 @@ def find_model_files(path: str | os.PathLike, config: str | os.PathLike | None =
     """
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{flag}: {p} does not exist. {download_hint(p if p.suffix else p / ZOO_CKPT)}")
+        raise FileNotFoundError(f"{flag}: {p} does not exist. {_missing_file_hint(p if p.suffix else p / ZOO_CKPT)}")
     if p.is_dir() and p.name == "checkpoints" and (p.parent / "configs").is_dir():
         p = p.parent
     if p.is_dir():
@@ -108,7 +101,7 @@ def find_model_files(path: str | os.PathLike, config: str | os.PathLike | None =
         else:
             raise FileNotFoundError(
                 f"{flag}: {p} is a folder but neither a main.py run folder (checkpoints/last.ckpt, configs/) nor "
-                f"a model folder ({ZOO_CKPT} and {ZOO_CONFIG}). {download_hint(p / ZOO_CKPT)}")
+                f"a model folder ({ZOO_CKPT} and {ZOO_CONFIG}). {_missing_file_hint(p / ZOO_CKPT)}")
     else:
         ckpt = p
         run = p.parent.parent if p.parent.name == "checkpoints" and (p.parent.parent / "configs").is_dir() else None

@@ -113,13 +113,11 @@ def load_model(config: DictConfig, ckpt: str | os.PathLike, device: torch.device
     With ``compile_unet`` its U-Net runs through ``torch.compile`` from its first call (`ldm.compile`).
     Returns the model and the checkpoint's metadata (``global_step``, ``epoch`` when stored).
     """
-    from ldm.checkpoint import check_weights_fit, load_checkpoint
+    from ldm.checkpoint import check_weights_fit, extract_state_dict, load_checkpoint
 
     ckpt = require_file(ckpt, "checkpoint")
     obj = load_checkpoint(ckpt, map_location="cpu", mmap=empty_init)
-    state_dict = obj["state_dict"] if isinstance(obj, Mapping) and "state_dict" in obj else obj
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"checkpoint {ckpt} holds a {type(state_dict).__name__}, not a state dict")
+    state_dict = extract_state_dict(obj, ckpt)
     with (parameters_on_meta() if empty_init else contextlib.nullcontext()):
         model = instantiate_from_config(strip_ckpt_paths(config.model))
     check_weights_fit(model, state_dict, ckpt)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ldm.util import atomic_path
+from ldm.checkpoint import atomic_path
 
 #: The longest grid file name made from a prompt (file systems allow 255 bytes).
 MAX_PROMPT_FILENAME = 200

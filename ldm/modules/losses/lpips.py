@@ -19,6 +19,7 @@ has supplied by then. So a first stage built to receive a checkpoint (which carr
 ``loss.perceptual_loss.*``), or built on the meta device to look at its keys, or trained with
 ``perceptual_weight=0``, never touches these files. ``pretrained=False`` never reads them.
 A missing file raises FileNotFoundError naming the file, where it was looked for and where to get it.
+Both are read by `ldm.checkpoint.load_state_dict`, which runs no code from the file.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
+
+from ldm.checkpoint import load_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -106,26 +109,13 @@ def _find(what: str, candidates: list[Path], explicit: bool, env: str, how: str)
     raise FileNotFoundError(f"{what} not found: looked in {hint}: {where}. {how}")
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-        sd = sd["state_dict"]
-    if not isinstance(sd, Mapping):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of tensors); got {type(sd).__name__}")
-    return dict(sd)
-
-
 def load_vgg16_features(path: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
     """The torchvision VGG16 ImageNet ``features.*`` weights from a local file, keyed ``"<index>.weight"``."""
     candidates, explicit = _vgg16_candidates(path)
     found = _find("VGG16 ImageNet weights (" + VGG16_FILENAME + ")", candidates, explicit, VGG16_ENV,
                   f"Get them from {VGG16_URL} into {Path(torch.hub.get_dir()) / 'checkpoints'} "
                   f"(or anywhere, then set ${VGG16_ENV} to the file).")
-    sd = _read_state_dict(found)
+    sd = dict(load_state_dict(found))
     features = {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
     if not features:  # a file holding the features alone
         features = sd
@@ -138,7 +128,7 @@ def load_lpips_heads(path: str | os.PathLike | None = None) -> dict[str, torch.T
     found = _find("LPIPS linear-head weights (" + LPIPS_FILENAME + ")", candidates, explicit, LPIPS_ENV,
                   f"Get vgg.pth from {' or '.join(LPIPS_URLS)} into {_cache_home() / 'ldm' / 'lpips'} "
                   f"(or anywhere, then set ${LPIPS_ENV} to the file).")
-    return _read_state_dict(found)
+    return dict(load_state_dict(found))
 
 
 def _copy_into(module: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
