@@ -1,6 +1,6 @@
 """Diffusion models and samplers of latent diffusion (Rombach et al., CVPR 2022).
 
 Configs name the models by ``ldm.models.diffusion.ddpm.<Class>``. The samplers are step functions in
-``sampling`` over the denoiser of ``denoiser``, named in ``ldm.samplers``; ``ddim``, ``plms`` and
+``sampling`` over the denoiser of ``denoiser``, named in ``ldm.sampler_registry``; ``ddim``, ``plms`` and
 ``dpm_solver`` keep the original sampler classes.
 """
