@@ -27,3 +27,9 @@ def to_uint8(x: torch.Tensor | np.ndarray, low: float = -1.0, nearest: bool = Fa
         x = x.astype(np.promote_types(x.dtype, np.float32), copy=False)
     levels = ((x - low) / (1.0 - low)).clip(0.0, 1.0) * 255.0 + (HALF_LEVEL if nearest else 0.0)
     return levels.to(torch.uint8) if isinstance(levels, torch.Tensor) else levels.astype(np.uint8)
+
+
+def to_uint8_hwc(x: torch.Tensor, low: float = -1.0) -> np.ndarray:
+    """Images (..., C, H, W) in [``low``, 1] as a (..., H, W, C) uint8 numpy array, channels last as images are
+    saved (`to_uint8`, truncating)."""
+    return to_uint8(x.cpu(), low).movedim(-3, -1).numpy()

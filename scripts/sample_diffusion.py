@@ -53,9 +53,9 @@ def get_parser() -> argparse.ArgumentParser:
 
 def custom_to_np(x: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8, as the original's ``custom_to_np`` (`ldm.pixels.to_uint8`)."""
-    from ldm.pixels import to_uint8
+    from ldm.pixels import to_uint8_hwc
 
-    return to_uint8(x.cpu()).permute(0, 2, 3, 1).numpy()
+    return to_uint8_hwc(x)
 
 
 def parse_overrides(unknown: list[str]) -> list[str]:

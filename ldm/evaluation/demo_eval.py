@@ -22,7 +22,7 @@ from ldm.data.synthetic import CLASSES
 from ldm.evaluation import metrics as M
 from ldm.evaluation import shapes
 from ldm.evaluation.settings import DEMO_GUIDANCE, DEMO_OUTDIR
-from ldm.pixels import to_uint8
+from ldm.pixels import to_uint8_hwc
 from ldm.sampler_registry import check_run_options, resolve_sampler_name, run_steps
 from ldm.scripting.generate import Batch, generate, plan_batches
 from ldm.scripting.loading import load_model
@@ -161,7 +161,7 @@ def evaluate_demo(ckpt: str | os.PathLike, cache_dir: str | os.PathLike, sampler
                                          progress=progress)
     size = images.shape[-1]
     if samples_out is not None:  # the samples as scripts/evaluate.py reads them, with their labels
-        save_npz(samples_out, to_uint8(images).permute(0, 2, 3, 1).numpy(), labels.numpy())
+        save_npz(samples_out, to_uint8_hwc(images), labels.numpy())
     reference = reference_images(n_per_class, size)
     result = score_samples(classifier, images, labels, reference)
     result.update({

@@ -38,7 +38,7 @@ class Generated:
 
     def uint8(self) -> np.ndarray:
         """The images as (size, H, W, C) uint8, as the sampling scripts save them (`ldm.pixels.to_uint8`)."""
-        return pixels.to_uint8(self.images.cpu()).permute(0, 2, 3, 1).numpy()
+        return pixels.to_uint8_hwc(self.images)
 
 
 def plan_batches(num_samples: int, batch_size: int) -> list[Batch]:

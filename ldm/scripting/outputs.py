@@ -32,7 +32,7 @@ def decode_to_unit(model: torch.nn.Module, samples: torch.Tensor) -> torch.Tenso
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(C, H, W) in [0, 1] -> (H, W, C) uint8, truncating like the original scripts (`ldm.pixels.to_uint8`)."""
-    return pixels.to_uint8(x.cpu(), low=0.0).permute(1, 2, 0).numpy()
+    return pixels.to_uint8_hwc(x, low=0.0)
 
 
 def save_array_image(arr: np.ndarray, path: str | os.PathLike) -> Path:
