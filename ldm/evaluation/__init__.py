@@ -16,5 +16,6 @@
 - :mod:`ldm.evaluation.zoo`: the model-zoo registry (``models/model_zoo.yaml``) and reproducing a row.
 - :mod:`ldm.evaluation.shapes`: the embedded default: a small classifier of the generated shapes
   whose features give a Frechet distance and whose predictions give the class accuracy of samples.
+- :mod:`ldm.evaluation.demo_eval`: the demo model's class accuracy and Frechet distance under that classifier.
 - :mod:`ldm.evaluation.study`: quality against the number of model evaluations, for every sampler.
 """
