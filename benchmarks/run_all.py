@@ -59,7 +59,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 CONFIGS = {
     "celebahq-ldm-vq-4": REPO / "configs" / "latent-diffusion" / "celebahq-ldm-vq-4.yaml",
@@ -379,10 +378,9 @@ def sampling_step(model, config, batch: int, device):
 PROBE = r'''
 import os, sys, time
 t_start = float(sys.argv[1]); mode = sys.argv[2]; out = sys.argv[3]
-sys.path.insert(0, sys.argv[4])
 import runpy
 import torch
-torch.set_num_threads(int(sys.argv[5]))
+torch.set_num_threads(int(sys.argv[4]))
 from ldm.modules.diffusionmodules import openaimodel
 forward = openaimodel.UNetModel.forward
 def first_call(self, *a, **k):
@@ -391,12 +389,12 @@ def first_call(self, *a, **k):
     os._exit(0)
 openaimodel.UNetModel.forward = first_call
 if mode == "script":
-    sys.argv = sys.argv[6:]
+    sys.argv = sys.argv[5:]
     runpy.run_path(sys.argv[0], run_name="__main__")
 else:  # build with random initialization, then load the checkpoint the plain way
     from omegaconf import OmegaConf
     from ldm.scripting import loading
-    model, _ = loading.load_model(OmegaConf.load(sys.argv[6]), sys.argv[7], torch.device("cpu"), empty_init=False)
+    model, _ = loading.load_model(OmegaConf.load(sys.argv[5]), sys.argv[6], torch.device("cpu"), empty_init=False)
     with open(out, "w") as f:
         f.write(str(time.time() - t_start))
 '''
@@ -436,8 +434,8 @@ def startup(config_name: str, config, args) -> dict:
             stamp = work / f"{mode}.time"
             stamp.unlink(missing_ok=True)
             t0 = time.time()
-            proc = subprocess.run([sys.executable, "-c", PROBE, str(t0), mode, str(stamp), str(REPO),
-                                   str(args.threads), *argv], capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, "-c", PROBE, str(t0), mode, str(stamp), str(args.threads), *argv],
+                                  capture_output=True, text=True)
             if not stamp.is_file():
                 raise RuntimeError(f"start-up probe {mode} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
             results[mode].append(float(stamp.read_text()))

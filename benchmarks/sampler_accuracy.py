@@ -32,17 +32,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from ldm.models.diffusion.denoiser import DiscreteSchedule  # noqa: E402
-from ldm.models.diffusion.gaussian_diffusion import GaussianDiffusion  # noqa: E402
-from ldm.models.diffusion.dpm_solver import DPMSolverSampler  # noqa: E402
-from ldm.models.diffusion.sampling import SAMPLERS, dpmpp, make_sampler, sample  # noqa: E402
+from ldm.models.diffusion.denoiser import DiscreteSchedule
+from ldm.models.diffusion.dpm_solver import DPMSolverSampler
+from ldm.models.diffusion.gaussian_diffusion import GaussianDiffusion
+from ldm.models.diffusion.sampling import SAMPLERS, dpmpp, make_sampler, sample
 
 LINEAR_START, LINEAR_END, TIMESTEPS = 0.0015, 0.0195, 1000  # the schedule of most LDM configs
 SHAPE = (4, 8, 8)  # one latent
@@ -160,8 +157,8 @@ def report(opt: argparse.Namespace) -> int:
         schedule = model.schedule
         rows: dict[str, list[float]] = {}
         for name in SAMPLERS:
-            if name == "ddpm":
-                continue  # stochastic, over all 1000 steps: it samples the SDE, not the ODE
+            if SAMPLERS[name].fixed_steps:
+                continue  # ddpm: stochastic, over all 1000 steps: it samples the SDE, not the ODE
             sampler = make_sampler(name, model)  # its grid and options, as --sampler NAME runs it
             rows[f"{name} ({sampler.spec.spacing} grid)"] = [within_budget(
                 lambda S: run(sampler.step, model, x_T, sampler.sigmas(S), **sampler.options(0.0, S)), b)[0]

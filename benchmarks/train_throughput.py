@@ -21,13 +21,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
 
-from ldm.util import instantiate_from_config  # noqa: E402
+from ldm.util import instantiate_from_config
 
 CONFIGS = {
     "autoencoder_kl_shapes": REPO / "configs" / "demo" / "autoencoder_kl_shapes.yaml",

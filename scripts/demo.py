@@ -13,16 +13,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from ldm.evaluation.settings import DEMO_GUIDANCE  # noqa: E402
-from ldm.threads import apply_threads, choose_threads, parse_threads  # noqa: E402
+from ldm.evaluation.settings import DEMO_GUIDANCE
+from ldm.threads import apply_threads, choose_threads, parse_threads
 
 progress = logging.getLogger("demo")
 AE_CONFIG = REPO / "configs" / "demo" / "autoencoder_kl_shapes.yaml"

@@ -24,13 +24,10 @@ repository id in the Hugging Face cache) and one caption per sample, in order, f
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.evaluation import settings as S  # noqa: E402
-from ldm.scripting.cli import check_positive, run_script  # noqa: E402
+from ldm.evaluation import settings as S
+from ldm.scripting.cli import check_positive, run_script
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -74,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         check_positive(f"--{name}", getattr(opt, name))
     from ldm.evaluation.evaluate import TWO_SET_METRICS, Settings, evaluate, format_table, inception_layers, report
     from ldm.evaluation.inception import InceptionFeatures
-    from ldm.evaluation.inputs import check_pair, open_image_set
+    from ldm.evaluation.image_sets import check_pair, open_image_set
     from ldm.scripting.loading import choose_device
 
     two_set = [m for m in metrics if m in TWO_SET_METRICS]

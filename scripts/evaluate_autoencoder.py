@@ -14,13 +14,9 @@ own loss.perceptual_loss weights when it holds them, else VGG16 and the LPIPS he
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.evaluation.settings import REGISTRY  # noqa: E402
-from ldm.scripting.cli import check_positive, run_script  # noqa: E402
+from ldm.evaluation.settings import REGISTRY
+from ldm.scripting.cli import check_positive, run_script
 
 #: Rows of the printed table: (label, key, key of its spread, key in the registry).
 ROWS = (("rFID", "rfid", None, "rfid"), ("PSNR", "psnr", "psnr_std", "psnr"), ("SSIM", "ssim", "ssim_std", None),

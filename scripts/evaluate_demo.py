@@ -13,14 +13,11 @@ is cached in --cache_dir. Prints the figures and writes them as JSON, with the s
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.evaluation.settings import DEMO_GUIDANCE, DEMO_OUTDIR, default_cache_dir  # noqa: E402
-from ldm.samplers import SAMPLERS, check_sampler_options, resolve_sampler_name  # noqa: E402
-from ldm.scripting.cli import check_positive, run_script  # noqa: E402
+from ldm.evaluation.settings import DEMO_GUIDANCE, DEMO_OUTDIR, default_cache_dir
+from ldm.sampler_registry import SAMPLERS, check_run_options
+from ldm.scripting.cli import check_positive, run_script
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -45,10 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
     opt = get_parser().parse_args(argv)
     check_positive("--steps", opt.steps)
     check_positive("--n_per_class", opt.n_per_class)
-    name = resolve_sampler_name(opt.sampler)
-    if name != "ddpm":
-        check_sampler_options(name, opt.eta)
-    from ldm.evaluation.demo import evaluate_demo, find_demo_checkpoint
+    name = check_run_options(opt.sampler, opt.eta)
+    from ldm.evaluation.demo_eval import evaluate_demo, find_demo_checkpoint
     from ldm.evaluation.evaluate import write_json
     from ldm.scripting.inputs import require_file
     from ldm.scripting.loading import choose_device

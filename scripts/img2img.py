@@ -12,13 +12,10 @@ models, a ``--class_label`` for class-conditional ones, nothing for unconditiona
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.scripting import cli, imagenet, inputs  # noqa: E402
+from ldm.scripting import cli, imagenet, inputs
 
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval.yaml"
 DEFAULT_CKPT = "models/ldm/text2img-large/model.ckpt"
@@ -122,10 +119,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
     import torch
     from tqdm import trange
 
+    from ldm.sampler_registry import sampler_spec
     from ldm.scripting import loading, outputs
 
     model, sampler = loading.load_sampling_model(config, files.ckpt, device, sampler_name, compile_unet=opt.compile)
-    steps = None if sampler_name == "ddpm" else opt.ddim_steps  # ddpm: strength applies to every training step
+    # a sampler with fixed steps (ddpm): strength applies to every training step
+    steps = None if sampler_spec(sampler_name).fixed_steps else opt.ddim_steps
     if steps is None:
         t_enc = max(1, int(opt.strength * model.num_timesteps))
     folder = outputs.SampleFolder(opt.outdir)

@@ -13,12 +13,9 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.scripting import cli, inputs  # noqa: E402
+from ldm.scripting import cli, inputs
 
 DEFAULT_CONFIG = "models/ldm/inpainting_big/config.yaml"
 DEFAULT_CKPT = "models/ldm/inpainting_big/last.ckpt"
@@ -91,13 +88,13 @@ def inpaint_batch(model: torch.nn.Module, sampler_name: str, sampler, batch: dic
     """The composited result (1, 3, H, W) in [0, 1] for one prepared batch (call it under ``torch.no_grad``)."""
     import torch
 
-    from ldm.scripting import outputs, samplers
+    from ldm.scripting import generate, outputs
 
     c = model.cond_stage_model.encode(batch["masked_image"])  # (1, C, h, w): the first-stage encoding
     cc = torch.nn.functional.interpolate(batch["mask"], size=c.shape[-2:])  # (1, 1, h, w)
     c = torch.cat((c, cc), dim=1)
     shape = (c.shape[1] - 1,) + tuple(c.shape[2:])
-    samples = samplers.run_sampler(sampler_name, model, steps, c.shape[0], shape, conditioning=c, sampler=sampler)
+    samples = generate.run_sampler(sampler_name, model, steps, c.shape[0], shape, conditioning=c, sampler=sampler)
     predicted = outputs.decode_to_unit(model, samples)
     image = torch.clamp((batch["image"] + 1.0) / 2.0, min=0.0, max=1.0)
     mask = torch.clamp((batch["mask"] + 1.0) / 2.0, min=0.0, max=1.0)

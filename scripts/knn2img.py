@@ -14,13 +14,10 @@ round to ``<outdir>/grid-NNNN.png``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.retrieval import DATABASE_ROOT, DATABASES, SEARCHER_ROOT, Searcher  # noqa: E402
-from ldm.scripting import cli, inputs  # noqa: E402
+from ldm.retrieval import DATABASE_ROOT, DATABASES, SEARCHER_ROOT, Searcher
+from ldm.scripting import cli, inputs
 
 DEFAULT_CONFIG = "configs/retrieval-augmented-diffusion/768x768.yaml"
 DEFAULT_CKPT = "models/rdm/rdm768x768/model.ckpt"
@@ -92,7 +89,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     import torch
     from tqdm import tqdm, trange
 
-    from ldm.scripting import loading, outputs, samplers
+    from ldm.scripting import generate, loading, outputs
 
     searcher = None
     if opt.use_neighbors:
@@ -117,7 +114,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
                     nn_embeddings = torch.from_numpy(nn_dict["nn_embeddings"]).to(device=device, dtype=c.dtype)
                     c = torch.cat([c, nn_embeddings], dim=1)  # (B, n_repeat + knn, D)
                 uc = torch.zeros_like(c) if opt.scale != 1.0 else None
-                samples = samplers.run_sampler(sampler_name, model, opt.ddim_steps, c.shape[0], shape,
+                samples = generate.run_sampler(sampler_name, model, opt.ddim_steps, c.shape[0], shape,
                                                conditioning=c, eta=opt.ddim_eta, sampler=sampler,
                                                unconditional_guidance_scale=opt.scale, unconditional_conditioning=uc)
                 x_samples = outputs.decode_to_unit(model, samples)

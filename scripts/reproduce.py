@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.evaluation.settings import (DEFAULT_METRICS, METRIC_NAMES, REGISTRY, default_cache_dir,  # noqa: E402
+from ldm.evaluation.settings import (DEFAULT_METRICS, METRIC_NAMES, REGISTRY, default_cache_dir,
                                      parse_metrics)
-from ldm.scripting.cli import check_positive, run_script  # noqa: E402
+from ldm.scripting.cli import check_positive, run_script
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -57,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     from ldm.evaluation import zoo
     from ldm.evaluation.evaluate import Settings, evaluate, format_table, inception_layers, plan, report
     from ldm.evaluation.inception import InceptionFeatures
-    from ldm.evaluation.inputs import check_pair, open_image_set
+    from ldm.evaluation.image_sets import check_pair, open_image_set
     from ldm.scripting.inputs import first_stage_factor, load_config, read_prompts, require_file
     from ldm.scripting.loading import choose_device, load_model
 

@@ -13,12 +13,9 @@ to ``<outdir>/samples/class<CCCC>_<NNNN>.png``, and a grid with one row per clas
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.scripting import cli, imagenet, inputs  # noqa: E402
+from ldm.scripting import cli, imagenet, inputs
 
 DEFAULT_CONFIG = "configs/latent-diffusion/cin256-v2.yaml"
 DEFAULT_CKPT = "models/ldm/cin256-v2/model.ckpt"
@@ -75,7 +72,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     import torch
     from tqdm import tqdm
 
-    from ldm.scripting import loading, outputs, samplers
+    from ldm.scripting import generate, loading, outputs
 
     model, sampler = loading.load_sampling_model(config, files.ckpt, device, sampler_name, compile_unet=opt.compile)
     folder = outputs.SampleFolder(opt.outdir)
@@ -88,7 +85,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             uc = model.get_learned_conditioning({cond_key: torch.tensor(n * [opt.uncond_class], device=device)})
         for class_label in tqdm(classes, desc="Classes"):
             c = model.get_learned_conditioning({cond_key: torch.tensor(n * [class_label], device=device)})
-            samples = samplers.run_sampler(sampler_name, model, opt.ddim_steps, n, shape, conditioning=c,
+            samples = generate.run_sampler(sampler_name, model, opt.ddim_steps, n, shape, conditioning=c,
                                            eta=opt.ddim_eta, sampler=sampler, unconditional_guidance_scale=opt.scale,
                                            unconditional_conditioning=uc)
             x_samples = outputs.decode_to_unit(model, samples)

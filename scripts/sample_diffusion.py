@@ -21,14 +21,11 @@ import datetime
 import glob
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.scripting import cli, inputs  # noqa: E402
+from ldm.scripting import cli, inputs
 
 logger = logging.getLogger("sample_diffusion")
 
@@ -55,20 +52,10 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def custom_to_np(x: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8, as the original's ``custom_to_np``."""
-    import torch
+    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8, as the original's ``custom_to_np`` (`ldm.pixels.to_uint8`)."""
+    from ldm.pixels import to_uint8_hwc
 
-    sample = ((x.detach().cpu() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
-    return sample.permute(0, 2, 3, 1).contiguous().numpy()
-
-
-def custom_to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(C, H, W) in [-1, 1] -> (H, W, C) uint8, as the original's ``custom_to_pil``."""
-    import numpy as np
-    import torch
-
-    x = (torch.clamp(x.detach().cpu(), -1.0, 1.0) + 1.0) / 2.0
-    return (255 * x.permute(1, 2, 0).numpy()).astype(np.uint8)
+    return to_uint8_hwc(x)
 
 
 def parse_overrides(unknown: list[str]) -> list[str]:
@@ -97,10 +84,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
         logdir = os.path.join(opt.logdir, files.folder.name)
 
     cli.setup_threads(opt)
-    from ldm.scripting import loading, outputs, samplers
+    from ldm.sampler_registry import sampler_spec
+    from ldm.scripting import loading, outputs, sampler_options
 
-    sampler_name = samplers.resolve_sampler(opt, eta=opt.eta)
-    if sampler_name != "ddpm":
+    sampler_name = sampler_options.resolve_sampler(opt, eta=opt.eta)
+    if not sampler_spec(sampler_name).fixed_steps:
         inputs.check_steps(config.model, opt.custom_steps, "-c/--custom_steps")
     device = loading.choose_device(opt.device)
     loading.autocast_dtype(opt.precision, device)  # a bad --precision fails before loading
@@ -141,39 +129,34 @@ def run(model: torch.nn.Module, sampler_name: str, imglogdir: str, numpylogdir: 
         summary: Any) -> None:
     """Draw ``opt.n_samples`` samples in batches; write each as PNG and all of them as one .npz."""
     import numpy as np
-    from tqdm import trange
 
-    from ldm.models.diffusion.sampling import make_sampler
-    from ldm.scripting import loading, outputs, samplers
+    from ldm.sampler_registry import run_steps, sampler_spec
+    from ldm.scripting import generate, loading, outputs
 
-    if sampler_name == "ddpm":
-        print(f"Using Vanilla DDPM sampling with {model.num_timesteps} sampling steps.")
+    steps = run_steps(sampler_name, opt.custom_steps, model.num_timesteps)
+    if sampler_spec(sampler_name).fixed_steps:
+        print(f"Using Vanilla DDPM sampling with {steps} sampling steps.")
     else:
-        print(f"Using {sampler_name} sampling with {opt.custom_steps} sampling steps and eta={opt.eta}")
-    shape = [model.model.diffusion_model.in_channels, model.model.diffusion_model.image_size,
-             model.model.diffusion_model.image_size]
-    sampler = make_sampler(sampler_name, model)
+        print(f"Using {sampler_name} sampling with {steps} sampling steps and eta={opt.eta}")
+    unet = model.model.diffusion_model
+    shape = (unet.in_channels, unet.image_size, unet.image_size)
+    batches = generate.plan_batches(opt.n_samples, opt.batch_size)
     device = next(model.parameters()).device
     tstart = time.time()
     n_saved = len(glob.glob(os.path.join(imglogdir, "*.png")))
     all_images = []
-    batch_sizes = [min(opt.batch_size, opt.n_samples - start) for start in range(0, opt.n_samples, opt.batch_size)]
     print(f"Running unconditional sampling for {opt.n_samples} samples")
-    for i in trange(len(batch_sizes), desc="Sampling Batches (unconditional)"):
-        bs = batch_sizes[i]
-        with loading.sampling_scope(model, opt.precision, device):
-            t0 = time.time()
-            samples = samplers.run_sampler(sampler_name, model, opt.custom_steps, bs, shape, eta=opt.eta,
-                                           sampler=sampler)
-            t1 = time.time()
-            x_sample = model.decode_first_stage(samples) if hasattr(model, "decode_first_stage") else samples
-        print(f"Throughput for this batch: {bs / (t1 - t0):.3f} samples/s")
-        for x in x_sample:
-            path = os.path.join(imglogdir, f"sample_{n_saved:06}.png")
-            summary.add(outputs.save_array_image(custom_to_uint8(x), path))
-            n_saved += 1
-        all_images.append(custom_to_np(x_sample))
-    all_img = np.concatenate(all_images, axis=0)[: opt.n_samples]
+    with loading.sampling_scope(model, opt.precision, device):
+        for out in generate.generate(model, sampler_name, opt.custom_steps, batches, eta=opt.eta, shape=shape,
+                                     desc="Sampling (unconditional)"):
+            print(f"Throughput for this batch: {out.batch.size / out.seconds:.3f} samples/s")
+            images = out.uint8()
+            for image in images:
+                path = os.path.join(imglogdir, f"sample_{n_saved:06}.png")
+                summary.add(outputs.save_array_image(image, path))
+                n_saved += 1
+            all_images.append(images)
+    all_img = np.concatenate(all_images, axis=0)
     shape_str = "x".join(str(x) for x in all_img.shape)
     nppath = os.path.join(numpylogdir, f"{shape_str}-samples.npz")
     summary.add(outputs.save_npz(nppath, all_img))

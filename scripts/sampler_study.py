@@ -16,14 +16,11 @@ guidance scale (with several scales).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.evaluation.settings import DEMO_GUIDANCE, DEMO_OUTDIR, STUDY_STEPS, default_cache_dir  # noqa: E402
-from ldm.samplers import SAMPLERS  # noqa: E402
-from ldm.scripting.cli import check_positive, run_script  # noqa: E402
+from ldm.evaluation.settings import DEMO_GUIDANCE, DEMO_OUTDIR, STUDY_STEPS, default_cache_dir
+from ldm.sampler_registry import SAMPLERS
+from ldm.scripting.cli import check_positive, run_script
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -52,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
                              f"(1 is the conditional model alone)")
     check_positive("--n_per_class", opt.n_per_class)
     from ldm.evaluation import shapes
-    from ldm.evaluation.demo import (decoded_size, find_demo_checkpoint, load_demo_model, real_floor,
+    from ldm.evaluation.demo_eval import (decoded_size, find_demo_checkpoint, load_demo_model, real_floor,
                                      reference_images, sample_classes, score_samples)
     from ldm.evaluation.study import plot_guidance, plot_study, run_study, study_points
     from ldm.scripting.inputs import require_file

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.scripting import cli, inputs  # noqa: E402
+from ldm.scripting import cli, inputs
 
 DEFAULT_CONFIG = "models/ldm/bsr_sr/config.yaml"
 DEFAULT_CKPT = "models/ldm/bsr_sr/model.ckpt"
@@ -84,7 +81,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     sampler_name, device = cli.prepare_sampling(opt, config, files.ckpt, opt.ddim_steps, eta=opt.ddim_eta)
     from tqdm import tqdm
 
-    from ldm.scripting import loading, outputs, samplers
+    from ldm.scripting import generate, loading, outputs
 
     model, sampler = loading.load_sampling_model(config, files.ckpt, device, sampler_name, compile_unet=opt.compile)
     os.makedirs(opt.outdir, exist_ok=True)
@@ -94,7 +91,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     with loading.sampling_scope(model, opt.precision, device):
         for path in tqdm(low_res, desc="Super-resolution"):
             c = model.get_learned_conditioning(load_low_res(path, device))  # (1, 3, h, w)
-            samples = samplers.run_sampler(sampler_name, model, opt.ddim_steps, 1, [channels, *geometry[path]],
+            samples = generate.run_sampler(sampler_name, model, opt.ddim_steps, 1, [channels, *geometry[path]],
                                            conditioning=c, eta=opt.ddim_eta, sampler=sampler)
             x = outputs.decode_to_unit(model, samples)
             # claimed with O_EXCL: a second run into the same folder adds <stem>-1.png instead of overwriting

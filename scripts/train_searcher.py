@@ -13,13 +13,10 @@ asymmetric hashing with reordering below 100k, with tree partitioning above), se
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.scripting import cli  # noqa: E402
-from ldm.retrieval import build_searcher, load_database, save_searcher, scann_module  # noqa: E402
+from ldm.scripting import cli
+from ldm.retrieval import build_searcher, load_database, save_searcher, scann_module
 
 
 def get_parser() -> argparse.ArgumentParser:

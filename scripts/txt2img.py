@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.scripting import cli, inputs  # noqa: E402
+from ldm.scripting import cli, inputs
 
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval.yaml"
 DEFAULT_CKPT = "models/ldm/text2img-large/model.ckpt"
@@ -63,7 +60,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     sampler_name, device = cli.prepare_sampling(opt, config, files.ckpt, opt.ddim_steps, eta=opt.ddim_eta)
     from tqdm import tqdm
 
-    from ldm.scripting import loading, outputs, samplers
+    from ldm.scripting import generate, loading, outputs
 
     model, sampler = loading.load_sampling_model(config, files.ckpt, device, sampler_name, compile_unet=opt.compile)
     folder = outputs.SampleFolder(opt.outdir)
@@ -77,7 +74,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             all_samples = []
             for _ in tqdm(range(opt.n_iter), desc=f"Sampling {prompt[:40]!r}"):
                 c = model.get_learned_conditioning(opt.n_samples * [prompt])
-                samples = samplers.run_sampler(sampler_name, model, opt.ddim_steps, opt.n_samples, shape,
+                samples = generate.run_sampler(sampler_name, model, opt.ddim_steps, opt.n_samples, shape,
                                                conditioning=c, eta=opt.ddim_eta, sampler=sampler,
                                                unconditional_guidance_scale=opt.scale,
                                                unconditional_conditioning=uc)

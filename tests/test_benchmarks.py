@@ -1,6 +1,7 @@
 """The benchmark's command line: row selection and its errors (the measurements themselves are benchmarks)."""
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -42,9 +43,11 @@ def test_compiled_rows_are_accepted_where_they_apply():
 def test_unet_gflop_counts_the_arithmetic_of_a_row():
     """The floor column's FLOP count, on the meta device: a training step with gradient checkpointing does the
     forward twice and the backward once (about twice a forward), so it counts close to four forwards."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import run_all
     from omegaconf import OmegaConf
+
+    spec = importlib.util.spec_from_file_location("run_all", RUN_ALL)
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
 
     unet = OmegaConf.load(run_all.CONFIGS["txt2img-1p4B-eval"]).model.params.unet_config
     forward = run_all.unet_gflop(unet, "forward", 2, None)

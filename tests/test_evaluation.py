@@ -19,7 +19,7 @@ from PIL import Image
 from ldm.data.synthetic import SyntheticShapesBase
 from ldm.evaluation import inception
 from ldm.evaluation.evaluate import Settings, evaluate
-from ldm.evaluation.inputs import open_image_set
+from ldm.evaluation.image_sets import open_image_set
 from ldm.scripting.outputs import save_npz
 
 REPO = Path(__file__).resolve().parents[1]

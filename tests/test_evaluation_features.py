@@ -14,7 +14,7 @@ from PIL import Image
 from ldm.evaluation import inception
 from ldm.evaluation import metrics as M
 from ldm.evaluation.evaluate import Settings, evaluate
-from ldm.evaluation.inputs import open_image_set
+from ldm.evaluation.image_sets import open_image_set
 from test_evaluation import load_script, run_evaluate, shapes_images, write_folder
 
 pytest.importorskip("transformers")

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from ldm.data.synthetic import CLASSES
 from ldm.evaluation import shapes
-from ldm.evaluation.demo import count_model_calls, sample_classes, score_samples
+from ldm.evaluation.demo_eval import count_model_calls, sample_classes, score_samples
 from ldm.evaluation.study import plot_guidance, plot_study, run_study, study_points
 from ldm.models.diffusion.sampling import SAMPLERS
 from ldm.util import instantiate_from_config

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
+from ldm import pixels
 from ldm.util import REPO_ROOT, resolve_path  # noqa: F401 (resolve_path is used by the dataset modules)
 
 logger = logging.getLogger(__name__)
@@ -178,8 +179,8 @@ def to_float(image: np.ndarray) -> np.ndarray:
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Inverse of ``to_float``: float in [-1, 1] -> uint8, clipped."""
-    return np.clip((np.asarray(image) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    """Inverse of ``to_float``: float in [-1, 1] -> uint8, clipped and rounded (`ldm.pixels.to_uint8`)."""
+    return pixels.to_uint8(np.asarray(image), nearest=True)
 
 
 def random_float(low: float, high: float) -> float:

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from ldm.evaluation import metrics as M
 from ldm.evaluation.inception import POOL_FEATURES, InceptionFeatures
-from ldm.evaluation.inputs import find_images
+from ldm.evaluation.image_sets import find_images
+from ldm.pixels import to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +64,6 @@ def reconstruct(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> uint8, rounded."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
 def perceptual_metric(model: torch.nn.Module, vgg_path: str | None, lpips_path: str | None) -> torch.nn.Module:
     """The LPIPS of the model's loss when its checkpoint supplied the weights, else one read from files now."""
     from ldm.modules.losses.lpips import LPIPS
@@ -97,7 +93,7 @@ def evaluate_autoencoder(model: torch.nn.Module, files: list[str], size: int, ba
     for x8 in tqdm(batches(files, size, batch_size), total=-(-len(files) // batch_size), desc="reconstructing",
                    unit="batch", disable=not progress):
         x = x8.to(device).float() / 127.5 - 1
-        rec8 = to_uint8(reconstruct(model, x))
+        rec8 = to_uint8(reconstruct(model, x), nearest=True)
         psnr.append(M.psnr(x8.float(), rec8.cpu().float(), data_range=255.0))
         ssim.append(M.ssim(x8.float() / 255, rec8.cpu().float() / 255))
         if lpips is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ldm.evaluation.inputs import ImageSet
+from ldm.evaluation.image_sets import ImageSet
 
 #: torchmetrics' default CLIP.
 CLIP_DEFAULT = "openai/clip-vit-large-patch14"

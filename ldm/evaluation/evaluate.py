@@ -22,7 +22,7 @@ import torch
 
 from ldm.evaluation import metrics as M
 from ldm.evaluation.inception import LOGIT_FEATURES, POOL_FEATURES, SPATIAL_DIM, SPATIAL_FEATURES, InceptionFeatures
-from ldm.evaluation.inputs import ImageSet
+from ldm.evaluation.image_sets import ImageSet
 from ldm.evaluation.settings import default_cache_dir, parse_metrics  # noqa: F401 (re-exported)
 from ldm.checkpoint import atomic_path
 

@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from ldm.samplers import SAMPLERS
 from ldm.checkpoint import atomic_path
+from ldm.sampler_registry import SAMPLERS
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +29,8 @@ Point = tuple[str, int, float]
 
 def study_points(samplers: list[str] | None, steps: tuple[int, ...], ddpm_steps: int,
                  scales: tuple[float, ...] = (1.0,)) -> list[Point]:
-    """(sampler, steps, scale) points: every registered sampler (or those named) at every step count (DDPM
-    at its ``ddpm_steps`` only) and every guidance scale."""
+    """(sampler, steps, scale) points: every registered sampler (or those named) at every step count (those with
+    fixed steps, DDPM, at ``ddpm_steps`` only) and every guidance scale."""
     names = list(SAMPLERS) if samplers is None else samplers
     unknown = [n for n in names if n not in SAMPLERS]
     if unknown:
@@ -38,7 +38,7 @@ def study_points(samplers: list[str] | None, steps: tuple[int, ...], ddpm_steps:
     points = []
     for name in names:
         for scale in scales:
-            points += [(name, ddpm_steps, scale)] if name == "ddpm" else [(name, s, scale) for s in steps]
+            points += [(name, ddpm_steps, scale)] if SAMPLERS[name].fixed_steps else [(name, s, scale) for s in steps]
     return sorted(points, key=lambda p: p[1])  # cheapest first: an interrupted study has the whole low end
 
 

@@ -18,13 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from tqdm import tqdm
 
-from ldm.models.diffusion.sampling import make_sampler
-from ldm.samplers import check_sampler_options, resolve_sampler_name
-from ldm.scripting.samplers import run_sampler
 from ldm.evaluation.settings import REGISTRY
 from ldm.checkpoint import atomic_path
+from ldm.sampler_registry import check_run_options
+from ldm.scripting.generate import generate, plan_batches, run_sampler
+from ldm.scripting.outputs import save_npz
 from ldm.util import resolve_path
 
 logger = logging.getLogger(__name__)
@@ -97,11 +96,6 @@ def batch_path(outdir: Path, index: int) -> Path:
     return outdir / "samples" / f"batch_{index:06d}.npz"
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8, as scripts/sample_diffusion.py writes its .npz."""
-    return ((x.detach().cpu().clamp(-1, 1) + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 def sample_captions(prompts: list[str], num_samples: int) -> list[str]:
     """The caption of each sample of a text row: sample i is drawn from ``prompts[i % len(prompts)]``."""
     return [prompts[i % len(prompts)] for i in range(num_samples)]
@@ -139,35 +133,21 @@ def sample_row(model: torch.nn.Module, row: dict[str, Any], outdir: Path, num_sa
                seed: int, prompts: list[str] | None = None, progress: bool = True) -> list[Path]:
     """Draw the row's samples into ``outdir/samples``, skipping batches already there; returns the batch files."""
     sampler = row.get("sampler", {})
-    name = resolve_sampler_name(sampler.get("name", "ddim"))
     eta = float(sampler.get("eta", 0.0))
-    steps = sampler.get("steps")
-    if name != "ddpm":
-        check_sampler_options(name, eta)
-    scale = float(row.get("guidance", {}).get("scale", 1.0))
-    shape = (model.channels, model.image_size, model.image_size)
-    starts = list(range(0, num_samples, batch_size))
-    paths = [batch_path(outdir, b) for b in range(len(starts))]
-    done = sum(p.is_file() for p in paths)
-    if done:
-        logger.info("resuming: %d of %d batches already sampled in %s", done, len(paths), outdir / "samples")
-    sampler_obj = make_sampler(name, model)
-    with tqdm(total=num_samples, initial=sum(min(batch_size, num_samples - s) for s, p in zip(starts, paths)
-                                             if p.is_file()),
-              desc=f"sampling {row['name']}", unit="img", disable=not progress) as bar, \
-            model.ema_scope("reproduction sampling"):
-        for b, (start, path) in enumerate(zip(starts, paths)):
-            if path.is_file():
-                continue
-            n = min(batch_size, num_samples - start)
-            torch.manual_seed(seed + b)
-            c, uc = conditioning_for(model, row, start, n, prompts)
-            kwargs = {"unconditional_guidance_scale": scale, "unconditional_conditioning": uc} if uc is not None else {}
-            z = run_sampler(name, model, steps, n, shape, conditioning=c, eta=eta, sampler=sampler_obj, **kwargs)
-            x = model.decode_first_stage(z) if hasattr(model, "decode_first_stage") else z
-            with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                np.savez(f, to_uint8(x))
-            bar.update(n)
+    name = check_run_options(sampler.get("name", "ddim"), eta)
+    batches = plan_batches(num_samples, batch_size)
+    paths = [batch_path(outdir, b.index) for b in batches]
+    todo = [b for b, p in zip(batches, paths) if not p.is_file()]
+    if len(todo) < len(batches):
+        logger.info("resuming: %d of %d batches already sampled in %s", len(batches) - len(todo), len(paths),
+                    outdir / "samples")
+    with model.ema_scope("reproduction sampling"):
+        for out in generate(model, name, sampler.get("steps"), todo, eta=eta, seed=seed,
+                            conditioning=lambda b: conditioning_for(model, row, b.start, b.size, prompts),
+                            scale=float(row.get("guidance", {}).get("scale", 1.0)),
+                            run=run_sampler,  # this module's name for it, which a test replaces to simulate a kill
+                            desc=f"sampling {row['name']}", progress=progress):
+            save_npz(paths[out.batch.index], out.uint8())
     return paths
 
 
@@ -177,10 +157,7 @@ def gather_samples(paths: list[Path], into: Path) -> Path:
     for p in paths:
         with np.load(p, allow_pickle=False) as data:
             arrays.append(data["arr_0"])
-    images = np.concatenate(arrays)
-    with atomic_path(into) as tmp, open(tmp, "wb") as f:
-        np.savez(f, images)
-    return into
+    return save_npz(into, np.concatenate(arrays))
 
 
 def row_paths(row: dict[str, Any], config: str | None, ckpt: str | None) -> tuple[str, str]:

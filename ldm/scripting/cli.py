@@ -13,14 +13,14 @@ import sys
 from typing import Any, Callable, Sequence
 
 from ldm.checkpoint.errors import InvalidCheckpointError, UnsafeCheckpointError
-from ldm.samplers import sampler_names
+from ldm.sampler_registry import sampler_names
 from ldm.threads import apply_threads, choose_threads
 
 #: Seed used when a script is not given one, so that runs repeat by default.
 DEFAULT_SEED = 42
 #: ``--precision`` choices: float32, bfloat16 or float16 autocast, or autocast's usual type for the device.
 PRECISIONS = ("fp32", "bf16", "fp16", "autocast")
-#: The names ``--sampler`` accepts: the registry ``ldm.samplers.SAMPLERS`` and its aliases.
+#: The names ``--sampler`` accepts: the registry ``ldm.sampler_registry.SAMPLERS`` and its aliases.
 SAMPLER_NAMES = tuple(sampler_names())
 
 
@@ -94,9 +94,9 @@ def prepare_sampling(opt: argparse.Namespace, config: Any, ckpt: Any, steps: int
     inputs.require_file(ckpt, "checkpoint")
     inputs.check_steps(config.model, steps, steps_flag)
     setup_threads(opt)
-    from ldm.scripting import loading, outputs, samplers
+    from ldm.scripting import loading, outputs, sampler_options
 
-    sampler_name = samplers.resolve_sampler(opt, eta=eta)
+    sampler_name = sampler_options.resolve_sampler(opt, eta=eta)
     device = loading.choose_device(opt.device)
     loading.autocast_dtype(opt.precision, device)
     outputs.check_outdir(opt.outdir)

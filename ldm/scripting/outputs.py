@@ -12,23 +12,27 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ldm import pixels
 from ldm.checkpoint import atomic_path
 
 #: The longest grid file name made from a prompt (file systems allow 255 bytes).
 MAX_PROMPT_FILENAME = 200
 
 
+def decode(model: torch.nn.Module, samples: torch.Tensor) -> torch.Tensor:
+    """Latents decoded by the model's first stage (pixel samples of a model without one pass through), in [-1, 1]."""
+    first_stage = getattr(model, "decode_first_stage", None)
+    return first_stage(samples) if first_stage is not None else samples
+
+
 def decode_to_unit(model: torch.nn.Module, samples: torch.Tensor) -> torch.Tensor:
     """Decode latents (or pass pixel samples through) and map [-1, 1] to [0, 1]."""
-    decode = getattr(model, "decode_first_stage", None)
-    x = decode(samples) if decode is not None else samples
-    return torch.clamp((x + 1.0) / 2.0, min=0.0, max=1.0)
+    return torch.clamp((decode(model, samples) + 1.0) / 2.0, min=0.0, max=1.0)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(C, H, W) in [0, 1] -> (H, W, C) uint8, truncating like the original scripts (255 * x, astype)."""
-    arr = 255.0 * x.detach().float().cpu().numpy().transpose(1, 2, 0)
-    return arr.astype(np.uint8)
+    """(C, H, W) in [0, 1] -> (H, W, C) uint8, truncating like the original scripts (`ldm.pixels.to_uint8`)."""
+    return pixels.to_uint8_hwc(x, low=0.0)
 
 
 def save_array_image(arr: np.ndarray, path: str | os.PathLike) -> Path:

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ldm.models.diffusion.denoiser import Denoiser, DiscreteSchedule, batch_size_of
-from ldm.samplers import (SAMPLER_ALIASES, SAMPLERS, SamplerSpec, check_sampler_options,  # noqa: F401 (re-exported)
+from ldm.sampler_registry import (SAMPLER_ALIASES, SAMPLERS, SamplerSpec, check_sampler_options,  # noqa: F401 (re-exported)
                           resolve_sampler_name, sampler_names)
 from ldm.util import get_obj_from_str
 

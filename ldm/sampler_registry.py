@@ -20,11 +20,12 @@ class SamplerSpec:
     options: dict = field(default_factory=dict)
     takes_eta: bool = False  # stochastic with eta > 0
     adapter: str = f"{SAMPLING}.Sampler"  # class with the original samplers' .sample(...)
+    fixed_steps: bool = False  # runs all of the model's training steps: takes no step count and no eta
 
 
 #: The samplers by name.
 SAMPLERS = {
-    "ddpm": SamplerSpec("ancestral", "all", takes_eta=True, adapter=f"{SAMPLING}.DDPMSampler"),
+    "ddpm": SamplerSpec("ancestral", "all", takes_eta=True, adapter=f"{SAMPLING}.DDPMSampler", fixed_steps=True),
     "ddim": SamplerSpec("ancestral", "ddim", takes_eta=True, adapter="ldm.models.diffusion.ddim.DDIMSampler"),
     "plms": SamplerSpec("plms", "ddim", adapter="ldm.models.diffusion.plms.PLMSSampler"),
     "dpmpp2m": SamplerSpec("dpmpp", "logSNR", adapter="ldm.models.diffusion.dpm_solver.DPMSolverSampler"),
@@ -53,6 +54,11 @@ def resolve_sampler_name(name: str) -> str:
     return key
 
 
+def sampler_spec(name: str) -> SamplerSpec:
+    """The registry entry of ``name`` (or one of its aliases); raises ValueError listing the allowed names."""
+    return SAMPLERS[resolve_sampler_name(name)]
+
+
 def check_sampler_options(name: str, eta: float = 0.0) -> str:
     """Validate a sampler name together with its eta before any model is built; returns the canonical name."""
     key = resolve_sampler_name(name)
@@ -64,3 +70,14 @@ def check_sampler_options(name: str, eta: float = 0.0) -> str:
     return key
 
 
+def check_run_options(name: str, eta: float = 0.0) -> str:
+    """`check_sampler_options` for a run that passes ``eta`` on to any sampler: a sampler with fixed steps takes
+    no eta (the run leaves it out), so its eta is not checked. Returns the canonical name."""
+    key = resolve_sampler_name(name)
+    return key if SAMPLERS[key].fixed_steps else check_sampler_options(key, eta)
+
+
+def run_steps(name: str, steps: int | None, num_timesteps: int) -> int | None:
+    """The steps a run of ``name`` takes: ``steps``, or all ``num_timesteps`` training steps for a sampler with
+    fixed steps."""
+    return int(num_timesteps) if sampler_spec(name).fixed_steps else steps

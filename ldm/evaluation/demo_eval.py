@@ -15,19 +15,18 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
-from tqdm import tqdm
 
 from ldm.data.synthetic import CLASSES
 from ldm.evaluation import metrics as M
 from ldm.evaluation import shapes
 from ldm.evaluation.settings import DEMO_GUIDANCE, DEMO_OUTDIR
-from ldm.models.diffusion.sampling import make_sampler
-from ldm.samplers import check_sampler_options, resolve_sampler_name
+from ldm.pixels import to_uint8_hwc
+from ldm.sampler_registry import check_run_options, resolve_sampler_name, run_steps
+from ldm.scripting.generate import Batch, generate, plan_batches
 from ldm.scripting.loading import load_model
-from ldm.scripting.samplers import run_sampler
+from ldm.scripting.outputs import save_npz
 from ldm.util import REPO_ROOT
 
 logger = logging.getLogger(__name__)
@@ -88,30 +87,23 @@ def sample_classes(model: torch.nn.Module, null_class: int, sampler: str = "ddim
                    progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Samples (N, 3, H, W) in [-1, 1], their labels (class of sample i: i mod num_classes) and the model
     evaluations per sample. Batch b is drawn with seed ``seed + b``."""
-    name = resolve_sampler_name(sampler)
-    if name != "ddpm":
-        check_sampler_options(name, eta)
+    name = check_run_options(sampler, eta)
     total = n_per_class * num_classes
     labels = torch.arange(total) % num_classes
     device = next(model.parameters()).device
-    shape = (model.channels, model.image_size, model.image_size)
-    images, nfe = [], 0
-    sampler_obj = make_sampler(name, model)
-    with model.ema_scope("evaluation sampling"), \
-            tqdm(total=total, desc=f"sampling {name} {steps if name != 'ddpm' else model.num_timesteps}",
-                 unit="img", disable=not progress, leave=False) as bar:
-        for b, start in enumerate(range(0, total, batch_size)):
-            batch = labels[start:start + batch_size].to(device)
-            torch.manual_seed(seed + b)
-            c = model.get_learned_conditioning({"class_label": batch})
-            uc = model.get_learned_conditioning({"class_label": torch.full_like(batch, null_class)})
-            with count_model_calls(model) as calls:
-                z = run_sampler(name, model, steps, len(batch), shape, conditioning=c, eta=eta, sampler=sampler_obj,
-                                unconditional_guidance_scale=scale, unconditional_conditioning=uc)
-            nfe = calls[0]
-            images.append(model.decode_first_stage(z).clamp(-1, 1).cpu())
-            bar.update(len(batch))
-    return torch.cat(images), labels, nfe
+
+    def conditioning(batch: Batch) -> tuple[Any, Any]:
+        classes = labels[batch.start:batch.start + batch.size].to(device)
+        return (model.get_learned_conditioning({"class_label": classes}),
+                model.get_learned_conditioning({"class_label": torch.full_like(classes, null_class)}))
+
+    batches = plan_batches(total, batch_size)
+    with model.ema_scope("evaluation sampling"), count_model_calls(model) as calls:
+        images = [out.images.clamp(-1, 1).cpu()
+                  for out in generate(model, name, steps, batches, eta=eta, seed=seed, conditioning=conditioning,
+                                      scale=scale, progress=progress,
+                                      desc=f"sampling {name} {run_steps(name, steps, model.num_timesteps)}")]
+    return torch.cat(images), labels, calls[0] // len(batches)
 
 
 def score_samples(classifier: shapes.ShapesClassifier, images: torch.Tensor, labels: torch.Tensor,
@@ -169,11 +161,7 @@ def evaluate_demo(ckpt: str | os.PathLike, cache_dir: str | os.PathLike, sampler
                                          progress=progress)
     size = images.shape[-1]
     if samples_out is not None:  # the samples as scripts/evaluate.py reads them, with their labels
-        from ldm.evaluation.zoo import to_uint8
-        from ldm.checkpoint import atomic_path
-
-        with atomic_path(samples_out) as tmp, open(tmp, "wb") as f:
-            np.savez(f, to_uint8(images), labels.numpy())
+        save_npz(samples_out, to_uint8_hwc(images), labels.numpy())
     reference = reference_images(n_per_class, size)
     result = score_samples(classifier, images, labels, reference)
     result.update({
@@ -181,7 +169,7 @@ def evaluate_demo(ckpt: str | os.PathLike, cache_dir: str | os.PathLike, sampler
         "classifier_validation_accuracy": val_accuracy,
         "checkpoint": str(ckpt),
         "sampler": resolve_sampler_name(sampler),
-        "steps": steps if resolve_sampler_name(sampler) != "ddpm" else int(model.num_timesteps),
+        "steps": run_steps(sampler, steps, model.num_timesteps),
         "model_evaluations": nfe,
         "scale": scale,
         "eta": eta,
