@@ -1,4 +1,4 @@
-"""Shared fixtures: where the parity data lives, and the tolerance it is checked with."""
+"""Shared fixtures: where the parity data lives, the models of its cases, and the tolerance it is checked with."""
 from __future__ import annotations
 
 import os
@@ -35,6 +35,17 @@ def require_parity() -> Path:
 def load_case(name: str) -> dict:
     root = require_parity()
     return torch.load(root / "cases" / f"{name}.pt", weights_only=True, map_location="cpu")
+
+
+def load_case_model(name: str) -> tuple[torch.nn.Module, dict]:
+    """The model of the parity case ``name`` (built from its config, its state dict loaded strictly, in
+    evaluation mode) and the case."""
+    from ldm.util import instantiate_from_config
+
+    case = load_case(name)
+    model = instantiate_from_config(case["config"])
+    model.load_state_dict(case["state_dict"], strict=True)
+    return model.eval(), case
 
 
 def assert_close(ours, ref, name: str = "") -> None:

@@ -10,46 +10,35 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from conftest import assert_close, load_case
+from conftest import assert_close, load_case, load_case_model
 from ldm.models.autoencoder import AutoencoderKL, IdentityFirstStage, VQModel, VQModelInterface
 from ldm.modules.diffusionmodules import model as blocks
 from ldm.util import instantiate_from_config
 
 
-def _build(case: dict) -> torch.nn.Module:
-    m = instantiate_from_config(OmegaConf.create(case["config"]))
-    m.load_state_dict(case["state_dict"], strict=True)
-    return m.eval()
+def _kl_outputs(m: AutoencoderKL, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the ``autoencoder_kl`` case stores for the input ``x``."""
+    post = m.encode(x)
+    return {"mean": post.mean, "std": post.std, "dec_of_mode": m.decode(post.mode()),
+            "forward_no_sample": m(x, sample_posterior=False)[0], "kl": post.kl()}
 
 
-def test_autoencoder_kl_parity():
-    case = load_case("autoencoder_kl")
-    m = _build(case)
-    x = case["inputs"]["x"]
-    out = case["outputs"]
+def _vq_outputs(m: VQModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the ``autoencoder_vq`` case stores for the input ``x`` (``indices`` are integers: must be equal)."""
+    quant, emb_loss, (_, _, indices) = m.encode(x)
+    dec = m.decode(quant)
+    forward_dec, forward_diff = m(x)
+    return {"indices": indices, "quant": quant, "emb_loss": emb_loss, "dec": dec, "forward_dec": forward_dec,
+            "forward_diff": forward_diff}
+
+
+@pytest.mark.parametrize("name, outputs_of", [("autoencoder_kl", _kl_outputs), ("autoencoder_vq", _vq_outputs)])
+def test_autoencoder_parity(name, outputs_of):
+    m, case = load_case_model(name)
     with torch.no_grad():
-        post = m.encode(x)
-        assert_close(post.mean, out["mean"], "mean")
-        assert_close(post.std, out["std"], "std")
-        assert_close(m.decode(post.mode()), out["dec_of_mode"], "dec_of_mode")
-        assert_close(m(x, sample_posterior=False)[0], out["forward_no_sample"], "forward_no_sample")
-        assert_close(post.kl(), out["kl"], "kl")
-
-
-def test_autoencoder_vq_parity():
-    case = load_case("autoencoder_vq")
-    m = _build(case)
-    x = case["inputs"]["x"]
-    out = case["outputs"]
-    with torch.no_grad():
-        quant, emb_loss, (_, _, indices) = m.encode(x)
-        assert_close(indices, out["indices"], "indices")  # integers: must be equal
-        assert_close(quant, out["quant"], "quant")
-        assert_close(emb_loss, out["emb_loss"], "emb_loss")
-        assert_close(m.decode(quant), out["dec"], "dec")
-        forward_dec, forward_diff = m(x)
-        assert_close(forward_dec, out["forward_dec"], "forward_dec")
-        assert_close(forward_diff, out["forward_diff"], "forward_diff")
+        ours = outputs_of(m, case["inputs"]["x"])
+    for key, value in ours.items():
+        assert_close(value, case["outputs"][key], key)
 
 
 def test_vq_interface_quantizes_in_decode_and_decode_code_matches():

@@ -12,11 +12,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from conftest import assert_close, load_case
+from conftest import assert_close, load_case_model
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.ddpm import LatentDiffusion
 from ldm.models.diffusion.plms import PLMSSampler
-from ldm.util import instantiate_from_config
 
 N_CLASSES = 5
 CONTEXT_DIM = 8
@@ -77,10 +76,7 @@ def batch_of(n=2, seed=0):
 # ---------------------------------------------------------------- parity with the original
 @pytest.mark.parametrize("name", ["ldm_uncond_vq", "ldm_class_crossattn_kl"])
 def test_parity(name):
-    case = load_case(name)
-    m = instantiate_from_config(case["config"])
-    m.load_state_dict(case["state_dict"], strict=True)
-    m.eval()
+    m, case = load_case_model(name)
     inputs, outputs = case["inputs"], case["outputs"]
     with torch.no_grad():
         torch.manual_seed(inputs["get_input_seed"])

@@ -7,12 +7,15 @@
 - ``LabelColumns``: per-example label columns as a dataset (no images).
 - ``ImagePaths``: a list of image files as a dataset (rescale the smallest side, crop, label columns),
   as taming-transformers' ``ImagePaths`` which the original ImageNet and FFHQ datasets used.
+- ``split_class``: builds the per-split classes configs name (``LSUNChurchesTrain``, ...) from a base
+  dataset and the split's defaults; ``split_folder``: the ``<data_root>/<split>`` folder of a dataset.
 
 Random choices (crops, flips) draw from torch's global generator, which the DataLoader seeds
 differently in each worker process, so augmentations differ across workers without extra care.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from abc import abstractmethod
@@ -252,6 +255,63 @@ def check_size(size: int | None, name: str = "size") -> None:
     """Raise unless ``size`` is None or a positive integer."""
     if size is not None and (not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size <= 0):
         raise ValueError(f"{name} must be a positive integer or None; got {size!r}")
+
+
+def split_folder(data_root: str, split: str, splits: Sequence[str], dataset: str, contents: str) -> str:
+    """``<data_root>/<split>`` (``data_root`` resolved as `resolve_path` does). Raises naming the split and the
+    allowed ``splits``, or, when the folder is missing, naming it, the ``dataset`` and the ``contents`` it
+    should hold."""
+    if split not in splits:
+        raise ValueError(f"split must be one of {', '.join(splits)}; got {split!r}")
+    folder = os.path.join(resolve_path(data_root), split)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{dataset} folder {folder!r} not found; it should hold {contents}")
+    return folder
+
+
+def split_class(
+    base: type,                                      # the dataset class the split specializes
+    name: str,                                       # the class name configs use (``target: <module>.<name>``)
+    doc: str,                                        # the class docstring
+    module: str,                                     # the module that binds the class to ``name``
+    defaults: Mapping[str, Any] | None = None,       # constructor defaults of the split (still overridable)
+    fixed: Mapping[str, Any] | None = None,          # keywords the split sets for good (no longer accepted)
+    params: Sequence[str] | None = None,             # the parameters it accepts, in order (None: base's, less fixed)
+) -> type:
+    """A subclass ``name`` of ``base`` for one split of a dataset, as if written out in ``module``.
+
+    Its constructor takes ``params`` (positionally or by keyword, with ``defaults`` replacing base's
+    defaults; ``inspect.signature`` shows them) and calls ``base.__init__`` with them and ``fixed``.
+    ``__module__`` and ``__qualname__`` are those of ``module.name``, so that configs, pickle and
+    tracebacks find the class once ``module`` binds it to ``name``.
+    """
+    defaults, fixed = dict(defaults or {}), dict(fixed or {})
+    self_param, *base_params = inspect.signature(base.__init__).parameters.values()
+    by_name = {p.name: p for p in base_params}
+    names = list(params) if params is not None else [n for n in by_name if n not in fixed]
+    unknown = sorted((set(names) | set(defaults) | set(fixed)) - set(by_name))
+    if unknown:
+        raise TypeError(f"{base.__name__} has no parameters {unknown}; it takes {', '.join(by_name)}")
+    omitted = [n for n, p in by_name.items() if n not in names and n not in fixed and p.default is p.empty]
+    if omitted:
+        raise TypeError(f"split {name!r} must accept or fix the required parameters {omitted} of {base.__name__}")
+    signature = inspect.Signature([self_param] + [by_name[n].replace(default=defaults.get(n, by_name[n].default))
+                                                  for n in names])
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as err:
+            raise TypeError(f"{name}: {err}; it takes {', '.join(names)}") from None
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        del arguments[self_param.name]
+        base.__init__(self, **arguments, **fixed)
+
+    __init__.__signature__ = signature
+    __init__.__qualname__ = f"{name}.__init__"
+    __init__.__module__ = module
+    return type(name, (base,), {"__doc__": doc, "__module__": module, "__qualname__": name, "__init__": __init__})
 
 
 class LabelColumns(Dataset):

@@ -16,15 +16,12 @@ from typing import Any, Sequence
 
 from torch.utils.data import Dataset
 
-from ldm.data.base import ImagePaths, check_size, read_lines, resolve_path
+from ldm.data.base import ImagePaths, check_size, read_lines, resolve_path, split_class
 
 
 class FacesBase(Dataset):
-    """Images listed in ``txt_file`` (paths relative to ``root``), optionally reduced to ``keys``. Each
-    split's class below sets the defaults of ``txt_file`` and ``root`` through ``TXT_FILE`` and ``ROOT``."""
-
-    TXT_FILE: str | None = None                      # default txt_file (None: it must be given)
-    ROOT: str | None = None                          # default root (None: it must be given)
+    """Images listed in ``txt_file`` (paths relative to ``root``), optionally reduced to ``keys``. The split
+    classes below default ``txt_file`` and ``root`` to taming-transformers' locations."""
 
     def __init__(
         self,
@@ -33,8 +30,6 @@ class FacesBase(Dataset):
         txt_file: str | None = None,                 # file list, one path per line relative to root
         root: str | None = None,                     # folder holding the images
     ):
-        txt_file = self.TXT_FILE if txt_file is None else txt_file
-        root = self.ROOT if root is None else root
         if txt_file is None or root is None:
             raise ValueError(f"{type(self).__name__} needs txt_file and root; got txt_file={txt_file!r}, "
                              f"root={root!r}")
@@ -61,29 +56,14 @@ class FacesBase(Dataset):
         return {k: example[k] for k in self.keys}
 
 
-class CelebAHQTrain(FacesBase):
-    """CelebA-HQ training images."""
-
-    TXT_FILE = "data/celebahqtrain.txt"
-    ROOT = "data/celebahq"
-
-
-class CelebAHQValidation(FacesBase):
-    """CelebA-HQ validation images."""
-
-    TXT_FILE = "data/celebahqvalidation.txt"
-    ROOT = "data/celebahq"
+def _face_splits(name: str, title: str) -> tuple[type, type]:
+    """``<name>Train`` and ``<name>Validation``: the images listed in ``data/<key>train.txt`` and
+    ``data/<key>validation.txt``, relative to ``data/<key>``, where ``<key>`` is ``name`` in lower case."""
+    key = name.lower()
+    return tuple(split_class(FacesBase, f"{name}{split.capitalize()}", f"{title} {role} images.", __name__,
+                             defaults={"txt_file": f"data/{key}{split}.txt", "root": f"data/{key}"})
+                 for split, role in (("train", "training"), ("validation", "validation")))
 
 
-class FFHQTrain(FacesBase):
-    """FFHQ training images."""
-
-    TXT_FILE = "data/ffhqtrain.txt"
-    ROOT = "data/ffhq"
-
-
-class FFHQValidation(FacesBase):
-    """FFHQ validation images."""
-
-    TXT_FILE = "data/ffhqvalidation.txt"
-    ROOT = "data/ffhq"
+CelebAHQTrain, CelebAHQValidation = _face_splits("CelebAHQ", "CelebA-HQ")
+FFHQTrain, FFHQValidation = _face_splits("FFHQ", "FFHQ")

@@ -247,21 +247,26 @@ class ImageNetBase(Dataset):
             self.data = LabelColumns({**labels, "file_path_": self.abspaths})
 
 
-class ImageNetTrain(ImageNetBase):
+class ImageNetSplit(ImageNetBase):
+    """The constructor of the split classes, in the original's argument order: the split folder is
+    ``<data_root>/<NAME>`` and ``config`` may hold ``<SPLIT_KEY>/random_crop``."""
+
+    def __init__(
+        self,
+        process_images: bool = True,                 # False: examples hold labels and file_path_ only
+        data_root: str | None = None,                # folder holding the split folder NAME (default: the cache)
+        config: Mapping[str, Any] | None = None,     # {size, <SPLIT_KEY>/random_crop, sub_indices, ...}
+    ):
+        super().__init__(config=config, process_images=process_images, data_root=data_root)
+
+
+class ImageNetTrain(ImageNetSplit):
     """The ILSVRC2012 training split (random crops by default)."""
 
     NAME = "ILSVRC2012_train"
     SPLIT_KEY = "ImageNetTrain"
     RANDOM_CROP_DEFAULT = True
     FILES = ("ILSVRC2012_img_train.tar",)
-
-    def __init__(
-        self,
-        process_images: bool = True,                 # False: examples hold labels and file_path_ only
-        data_root: str | None = None,                # folder holding ILSVRC2012_train/ (default: the cache)
-        config: Mapping[str, Any] | None = None,     # {size, ImageNetTrain/random_crop, sub_indices, ...}
-    ):
-        super().__init__(config=config, process_images=process_images, data_root=data_root)
 
     def _extract_archives(self) -> None:
         archive = os.path.join(self.root, self.FILES[0])
@@ -280,21 +285,13 @@ class ImageNetTrain(ImageNetBase):
             os.remove(subpath)  # the outer archive still holds it
 
 
-class ImageNetValidation(ImageNetBase):
+class ImageNetValidation(ImageNetSplit):
     """The ILSVRC2012 validation split (centre crops by default)."""
 
     NAME = "ILSVRC2012_validation"
     SPLIT_KEY = "ImageNetValidation"
     RANDOM_CROP_DEFAULT = False
     FILES = ("ILSVRC2012_img_val.tar", "validation_synset.txt")
-
-    def __init__(
-        self,
-        process_images: bool = True,                 # False: examples hold labels and file_path_ only
-        data_root: str | None = None,                # folder holding ILSVRC2012_validation/ (default: the cache)
-        config: Mapping[str, Any] | None = None,     # {size, ImageNetValidation/random_crop, sub_indices, ...}
-    ):
-        super().__init__(config=config, process_images=process_images, data_root=data_root)
 
     def _extract_archives(self) -> None:
         archive, synset_file = (os.path.join(self.root, name) for name in self.FILES)

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ldm.data.base import (check_size, list_images, load_image_array, random_int, resize_smallest_side, resolve_path,
+from ldm.data.base import (check_size, list_images, load_image_array, random_int, resize_smallest_side, split_folder,
                            to_float)
 
 DATA_ROOT = "data/rfw"
@@ -40,11 +40,10 @@ class RFWBase(Dataset):
         shift_segmentation: bool = False,            # add 1 to every label (maps that use 255 for "unlabelled")
         data_root: str = DATA_ROOT,                  # folder holding train/ and validation/
     ):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
         check_size(size)
         check_size(crop_size, "crop_size")
-        folder = os.path.join(resolve_path(data_root), split)
+        folder = split_folder(data_root, split, SPLITS, "landscape", "images/ with photos and segmentations/ with "
+                              "a uint8 label map <name>.png per photo")
         image_dir, seg_dir = os.path.join(folder, "images"), os.path.join(folder, "segmentations")
         for path in (image_dir, seg_dir):
             if not os.path.isdir(path):

@@ -16,19 +16,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ldm.data.base import (center_crop_square, check_size, load_image_array, maybe_flip, read_lines, resampling,
-                           resolve_path, to_float)
+                           resolve_path, split_class, to_float)
 
 #: Interpolation names the original accepted.
 INTERPOLATIONS = ("linear", "bilinear", "bicubic", "lanczos")
 
 
 class LSUNBase(Dataset):
-    """Images listed in ``txt_file`` (paths relative to ``data_root``). Each split's class below sets the
-    defaults of ``txt_file``, ``data_root`` and ``flip_p`` through ``TXT_FILE``, ``DATA_ROOT`` and ``FLIP_P``."""
-
-    TXT_FILE: str | None = None                      # default txt_file (None: it must be given)
-    DATA_ROOT: str | None = None                     # default data_root (None: it must be given)
-    FLIP_P: float = 0.5                              # default flip_p
+    """Images listed in ``txt_file`` (paths relative to ``data_root``). The split classes below default
+    ``txt_file`` and ``data_root`` to the original's locations (and ``flip_p`` to 0 for validation)."""
 
     def __init__(
         self,
@@ -36,11 +32,8 @@ class LSUNBase(Dataset):
         data_root: str | None = None,                # folder holding the images
         size: int | None = None,                     # output side length; None keeps the centre crop's size
         interpolation: str = "bicubic",              # one of INTERPOLATIONS
-        flip_p: float | None = None,                 # probability of a left-right flip (None: FLIP_P)
+        flip_p: float = 0.5,                         # probability of a left-right flip
     ):
-        txt_file = self.TXT_FILE if txt_file is None else txt_file
-        data_root = self.DATA_ROOT if data_root is None else data_root
-        flip_p = self.FLIP_P if flip_p is None else flip_p
         if txt_file is None or data_root is None:
             raise ValueError(f"{type(self).__name__} needs txt_file and data_root; got txt_file={txt_file!r}, "
                              f"data_root={data_root!r}")
@@ -83,46 +76,19 @@ class LSUNBase(Dataset):
         return example
 
 
-class LSUNChurchesTrain(LSUNBase):
-    """The training split of LSUN churches (outdoor)."""
-
-    TXT_FILE = "data/lsun/church_outdoor_train.txt"
-    DATA_ROOT = "data/lsun/churches"
-
-
-class LSUNChurchesValidation(LSUNBase):
-    """The validation split of LSUN churches (outdoor), not flipped."""
-
-    TXT_FILE = "data/lsun/church_outdoor_val.txt"
-    DATA_ROOT = "data/lsun/churches"
-    FLIP_P = 0.0
+def _lsun_splits(category: str, title: str, listing: str) -> tuple[type, type]:
+    """The training and validation split classes of one category: ``LSUN<category>Train`` lists its images
+    in ``data/lsun/<listing>_train.txt``, the validation split in ``<listing>_val.txt`` and is not flipped;
+    both read ``data/lsun/<category in lower case>``."""
+    data_root = f"data/lsun/{category.lower()}"
+    train = split_class(LSUNBase, f"LSUN{category}Train", f"The training split of {title}.", __name__,
+                        defaults={"txt_file": f"data/lsun/{listing}_train.txt", "data_root": data_root})
+    validation = split_class(LSUNBase, f"LSUN{category}Validation", f"The validation split of {title}, not flipped.",
+                             __name__, defaults={"txt_file": f"data/lsun/{listing}_val.txt", "data_root": data_root,
+                                                 "flip_p": 0.0})
+    return train, validation
 
 
-class LSUNBedroomsTrain(LSUNBase):
-    """The training split of LSUN bedrooms."""
-
-    TXT_FILE = "data/lsun/bedrooms_train.txt"
-    DATA_ROOT = "data/lsun/bedrooms"
-
-
-class LSUNBedroomsValidation(LSUNBase):
-    """The validation split of LSUN bedrooms, not flipped."""
-
-    TXT_FILE = "data/lsun/bedrooms_val.txt"
-    DATA_ROOT = "data/lsun/bedrooms"
-    FLIP_P = 0.0
-
-
-class LSUNCatsTrain(LSUNBase):
-    """The training split of LSUN cats."""
-
-    TXT_FILE = "data/lsun/cat_train.txt"
-    DATA_ROOT = "data/lsun/cats"
-
-
-class LSUNCatsValidation(LSUNBase):
-    """The validation split of LSUN cats, not flipped."""
-
-    TXT_FILE = "data/lsun/cat_val.txt"
-    DATA_ROOT = "data/lsun/cats"
-    FLIP_P = 0.0
+LSUNChurchesTrain, LSUNChurchesValidation = _lsun_splits("Churches", "LSUN churches (outdoor)", "church_outdoor")
+LSUNBedroomsTrain, LSUNBedroomsValidation = _lsun_splits("Bedrooms", "LSUN bedrooms", "bedrooms")
+LSUNCatsTrain, LSUNCatsValidation = _lsun_splits("Cats", "LSUN cats", "cat")

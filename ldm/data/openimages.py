@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ldm.data.base import (check_size, crop, list_images, load_image_array, random_int, resize,
-                           resize_smallest_side, resolve_path, to_float)
+                           resize_smallest_side, resolve_path, split_folder, to_float)
 from ldm.data.superres import SuperResolutionPipeline
 
 DATA_ROOT = "data/openimages"
@@ -43,12 +43,8 @@ CLASS_FILE = "class-descriptions-boxable.csv"
 
 def _split_images(data_root: str, split: str) -> tuple[str, list[str]]:
     """(folder, sorted relative image paths) of a split; raises naming the folder when it is missing or empty."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
-    folder = os.path.join(resolve_path(data_root), split)
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"Open Images folder {folder!r} not found; it should hold the {split} images "
-                                f"(<ImageID>.jpg) of a local Open Images copy (set data_root to its location)")
+    folder = split_folder(data_root, split, SPLITS, "Open Images", f"the {split} images (<ImageID>.jpg) of a local "
+                          f"Open Images copy (set data_root to its location)")
     images = list_images(folder)
     if not images:
         raise FileNotFoundError(f"Open Images folder {folder!r} holds no images")

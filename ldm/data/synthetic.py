@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from ldm.data.base import check_size, to_float
+from ldm.data.base import check_size, split_class, to_float
 
 #: The class names, in class-label order. A dataset uses the first ``num_classes`` of them, or the
 #: names it is given.
@@ -256,33 +256,10 @@ class SyntheticShapesBase(Dataset):
         return image
 
 
-class SyntheticShapesTrain(SyntheticShapesBase):
-    """The training split of the embedded shapes dataset."""
-
-    def __init__(
-        self,
-        size: int = 32,                              # image side length in pixels
-        num_samples: int = 10000,                    # number of examples
-        seed: int = 0,                               # changes every image
-        num_classes: int | None = None,              # use the first n of CLASSES
-        classes: Sequence[str] | None = None,        # explicit class names, each "<colour> <shape>"
-        cache: bool = False,                         # keep drawn images in memory
-    ):
-        super().__init__(size=size, num_samples=num_samples, split="train", seed=seed, num_classes=num_classes,
-                         classes=classes, cache=cache)
-
-
-class SyntheticShapesValidation(SyntheticShapesBase):
-    """The validation split of the embedded shapes dataset (images disjoint from the training split's)."""
-
-    def __init__(
-        self,
-        size: int = 32,                              # image side length in pixels
-        num_samples: int = 512,                      # number of examples
-        seed: int = 0,                               # changes every image
-        num_classes: int | None = None,              # use the first n of CLASSES
-        classes: Sequence[str] | None = None,        # explicit class names, each "<colour> <shape>"
-        cache: bool = False,                         # keep drawn images in memory
-    ):
-        super().__init__(size=size, num_samples=num_samples, split="validation", seed=seed,
-                         num_classes=num_classes, classes=classes, cache=cache)
+SyntheticShapesTrain = split_class(SyntheticShapesBase, "SyntheticShapesTrain",
+                                   "The training split of the embedded shapes dataset.", __name__,
+                                   fixed={"split": "train"})
+SyntheticShapesValidation = split_class(SyntheticShapesBase, "SyntheticShapesValidation",
+                                        "The validation split of the embedded shapes dataset (images disjoint from "
+                                        "the training split's).", __name__,
+                                        defaults={"num_samples": 512}, fixed={"split": "validation"})

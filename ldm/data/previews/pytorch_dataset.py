@@ -9,30 +9,17 @@ Examples hold ``image`` (square, ``size``) and ``caption``.
 """
 from __future__ import annotations
 
+from ldm.data.base import split_class
 from ldm.data.custom import ImageCaptionDataset
 
 
-class PreviewsTrain(ImageCaptionDataset):
-    """Training image/caption pairs (random crops)."""
+#: The parameters of both splits, in order: side length (default 256), table file, random instead of
+#: centred square crop, folder the image paths are relative to (default: the table's).
+_PARAMS = ("size", "file", "random_crop", "image_root")
 
-    def __init__(
-        self,
-        size: int | None = 256,                      # output side length
-        file: str = "data/previews/train.jsonl",     # table of image paths and captions
-        random_crop: bool = True,                    # random instead of centred square crop
-        image_root: str | None = None,               # folder the image paths are relative to (default: the table's)
-    ):
-        super().__init__(file=file, size=size, random_crop=random_crop, image_root=image_root)
-
-
-class PreviewsValidation(ImageCaptionDataset):
-    """Validation image/caption pairs (centre crops)."""
-
-    def __init__(
-        self,
-        size: int | None = 256,                      # output side length
-        file: str = "data/previews/validation.jsonl",  # table of image paths and captions
-        random_crop: bool = False,                   # random instead of centred square crop
-        image_root: str | None = None,               # folder the image paths are relative to (default: the table's)
-    ):
-        super().__init__(file=file, size=size, random_crop=random_crop, image_root=image_root)
+PreviewsTrain = split_class(ImageCaptionDataset, "PreviewsTrain", "Training image/caption pairs (random crops).",
+                            __name__, params=_PARAMS,
+                            defaults={"size": 256, "file": "data/previews/train.jsonl", "random_crop": True})
+PreviewsValidation = split_class(ImageCaptionDataset, "PreviewsValidation",
+                                 "Validation image/caption pairs (centre crops).", __name__, params=_PARAMS,
+                                 defaults={"size": 256, "file": "data/previews/validation.jsonl", "random_crop": False})

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldm.modules.losses.vqperceptual import PatchGANPerceptualLoss, adopt_weight
+from ldm.modules.losses.vqperceptual import PatchGANPerceptualLoss
 
 
 class LPIPSWithDiscriminator(PatchGANPerceptualLoss):
@@ -63,23 +63,12 @@ class LPIPSWithDiscriminator(PatchGANPerceptualLoss):
         kl_loss = posteriors.kl()  # (B,)
         kl_loss = torch.sum(kl_loss) / kl_loss.shape[0]
 
-        logits_fake = self._discriminate(reconstructions, cond)  # (B, 1, h, w)
-        g_loss = -torch.mean(logits_fake)
-        if self.disc_factor > 0.0:
-            d_weight = self._adaptive_weight_or_zero(nll_loss, g_loss, last_layer)
-        else:
-            d_weight = torch.zeros((), device=g_loss.device)
-        disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
+        g_loss, d_weight, disc_factor = self._generator_gan_terms(nll_loss, reconstructions, cond, global_step,
+                                                                  last_layer, zero_weight_when_off=True)
         loss = weighted_nll_loss + self.kl_weight * kl_loss + d_weight * disc_factor * g_loss
 
-        log = {f"{split}/total_loss": loss.clone().detach().mean(),
-               f"{split}/logvar": self.logvar.detach(),
-               f"{split}/kl_loss": kl_loss.detach().mean(),
-               f"{split}/nll_loss": nll_loss.detach().mean(),
-               f"{split}/rec_loss": rec_loss.detach().mean(),
-               f"{split}/d_weight": d_weight.detach(),
-               f"{split}/disc_factor": torch.tensor(float(disc_factor)),
-               f"{split}/g_loss": g_loss.detach().mean()}
+        log = self._generator_log(split, loss, {"logvar": self.logvar, "kl_loss": kl_loss, "nll_loss": nll_loss,
+                                                "rec_loss": rec_loss}, g_loss, d_weight, disc_factor)
         return loss, log
 
 

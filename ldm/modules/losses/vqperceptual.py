@@ -167,6 +167,35 @@ class PatchGANPerceptualLoss(nn.Module):
             return pixel_rec + self.perceptual_weight * p_loss, p_loss
         return pixel_rec, torch.zeros(1, device=inputs.device)
 
+    def _generator_gan_terms(self, nll_loss: torch.Tensor, reconstructions: torch.Tensor, cond: torch.Tensor | None,
+                             global_step: int, last_layer: torch.Tensor | None,
+                             zero_weight_when_off: bool = False) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The generator's GAN loss, its adaptive weight and ``disc_factor`` at ``global_step``.
+
+        With ``zero_weight_when_off`` (the KL loss, as in the original) the weight is 0 without computing it
+        when ``disc_factor`` is 0.
+        """
+        logits_fake = self._discriminate(reconstructions, cond)  # (B, 1, h, w)
+        g_loss = -torch.mean(logits_fake)
+        if zero_weight_when_off and not self.disc_factor > 0.0:
+            d_weight = torch.zeros((), device=g_loss.device)
+        else:
+            d_weight = self._adaptive_weight_or_zero(nll_loss, g_loss, last_layer)
+        disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
+        return g_loss, d_weight, disc_factor
+
+    @staticmethod
+    def _generator_log(split: str, loss: torch.Tensor, terms: dict[str, torch.Tensor], g_loss: torch.Tensor,
+                       d_weight: torch.Tensor, disc_factor: float) -> dict[str, torch.Tensor]:
+        """The values a generator step logs under ``split/``: the total loss, the loss's own ``terms`` (means,
+        detached), then the GAN terms."""
+        log = {f"{split}/total_loss": loss.clone().detach().mean()}
+        log.update({f"{split}/{name}": value.detach().mean() for name, value in terms.items()})
+        log.update({f"{split}/d_weight": d_weight.detach(),
+                    f"{split}/disc_factor": torch.tensor(float(disc_factor)),
+                    f"{split}/g_loss": g_loss.detach().mean()})
+        return log
+
     def _discriminator_step(self, inputs: torch.Tensor, reconstructions: torch.Tensor, cond: torch.Tensor | None,
                             global_step: int, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The discriminator loss (optimizer index 1) on detached real and reconstructed images."""
@@ -228,20 +257,12 @@ class VQLPIPSWithDiscriminator(PatchGANPerceptualLoss):
         rec_loss, p_loss = self._rec_and_perceptual(self.pixel_loss(inputs.contiguous(), reconstructions.contiguous()),
                                                     inputs, reconstructions)  # (B, C, H, W)
         nll_loss = torch.mean(rec_loss)
-        logits_fake = self._discriminate(reconstructions, cond)  # (B, 1, h, w)
-        g_loss = -torch.mean(logits_fake)
-        d_weight = self._adaptive_weight_or_zero(nll_loss, g_loss, last_layer)
-        disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
+        g_loss, d_weight, disc_factor = self._generator_gan_terms(nll_loss, reconstructions, cond, global_step,
+                                                                  last_layer)
         loss = nll_loss + d_weight * disc_factor * g_loss + self.codebook_weight * codebook_loss.mean()
 
-        log = {f"{split}/total_loss": loss.clone().detach().mean(),
-               f"{split}/quant_loss": codebook_loss.detach().mean(),
-               f"{split}/nll_loss": nll_loss.detach().mean(),
-               f"{split}/rec_loss": rec_loss.detach().mean(),
-               f"{split}/p_loss": p_loss.detach().mean(),
-               f"{split}/d_weight": d_weight.detach(),
-               f"{split}/disc_factor": torch.tensor(float(disc_factor)),
-               f"{split}/g_loss": g_loss.detach().mean()}
+        log = self._generator_log(split, loss, {"quant_loss": codebook_loss, "nll_loss": nll_loss,
+                                                "rec_loss": rec_loss, "p_loss": p_loss}, g_loss, d_weight, disc_factor)
         if predicted_indices is not None and self.n_classes is not None:
             with torch.no_grad():
                 perplexity, cluster_usage = measure_perplexity(predicted_indices, self.n_classes)
