@@ -316,6 +316,26 @@ def test_slurm_auto_requeue_keeps_lightnings_sigusr1_handling():
     assert signal.SIGUSR1 in callback._handled_signals(trainer_in(LightningEnvironment()))
 
 
+def test_a_signal_while_the_final_step_is_saved_waits_for_the_save(monkeypatch):
+    """Lightning runs the checkpoint callbacks' on_train_end (where the final step is written) after the signal
+    handler's: a SIGTERM in between is recorded, not a kill in the middle of that write."""
+    from ldm.callbacks import SignalCheckpoint
+
+    kills = []
+    monkeypatch.setattr(os, "kill", lambda pid, signum: kills.append(signum))
+    callback = SignalCheckpoint(ckptdir="unused")
+    callback.on_train_start(None, None)
+    callback.on_train_end(None, None)
+    callback._on_signal(signal.SIGTERM, None)
+    assert kills == [] and callback.stop_signal == signal.SIGTERM
+    previous = signal.getsignal(signal.SIGTERM)
+    callback.teardown(None, None, "fit")  # training over: a later signal has its default effect again
+    assert signal.getsignal(signal.SIGTERM) == previous
+    callback._on_signal(signal.SIGTERM, None)
+    assert kills == [signal.SIGTERM]
+    signal.signal(signal.SIGTERM, previous)
+
+
 def test_unknown_topk_files_are_removed_only_when_resuming_last(trained_run, tmp_path):
     logdir = _copy_run(trained_run, tmp_path)
     ckptdir = logdir / "checkpoints"

@@ -277,6 +277,9 @@ class SignalCheckpoint(pl.Callback):
             self._previous[signum] = signal.signal(signum, self._on_signal)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._training and self.stop_signal is not None:
+            logger.info("Received %s after the last step; the run is complete and last.ckpt holds its final step",
+                        signal.Signals(self.stop_signal).name)
         self._training = False
         for signum, handler in self._previous.items():
             if signal.getsignal(signum) == self._on_signal:
@@ -301,8 +304,9 @@ class SignalCheckpoint(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._training = True
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._training = False
+    # Training counts as running until teardown, not until on_train_end: Lightning calls the checkpoint
+    # callbacks' on_train_end after this one, and `RunCheckpoint` writes the final step there. A signal in that
+    # window is recorded (the final step is being saved anyway) instead of killing the process mid-write.
 
     def _save(self, trainer: pl.Trainer) -> str:
         path = os.path.join(self.ckptdir, "last.ckpt")
