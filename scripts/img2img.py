@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ldm.scripting import cli, imagenet, inputs
+from ldm.scripting import class_labels, cli, inputs
 
 DEFAULT_CONFIG = "configs/latent-diffusion/txt2img-1p4B-eval.yaml"
 DEFAULT_CKPT = "models/ldm/text2img-large/model.ckpt"
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if kind == CLASS:
         if opt.class_label is None:
             raise ValueError("this is a class-conditional model: give a --class_label")
-        class_label = imagenet.resolve_class(opt.class_label, n_classes)
+        class_label = class_labels.resolve_class(opt.class_label, n_classes)
     if kind != TEXT and opt.prompt is not None:
         raise ValueError(f"--prompt was given, but the model is {kind}")
     if kind != CLASS and opt.class_label is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ldm.scripting import cli, imagenet, inputs
+from ldm.scripting import class_labels, cli, inputs
 
 DEFAULT_CONFIG = "configs/latent-diffusion/cin256-v2.yaml"
 DEFAULT_CKPT = "models/ldm/cin256-v2/model.ckpt"
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     files = cli.model_files(opt)
     config = inputs.load_config(files.configs)
     cond_key, n_classes = class_conditioning_info(config.model)
-    classes = [imagenet.resolve_class(c, n_classes) for c in opt.classes]
+    classes = [class_labels.resolve_class(c, n_classes) for c in opt.classes]
     if opt.uncond_class is None:
         opt.uncond_class = inputs.null_class(config.model, n_classes)
     if opt.scale != 1.0 and not 0 <= opt.uncond_class < n_classes:

@@ -402,7 +402,7 @@ def test_the_property_checks_can_fail(tmp_path):
 def test_info_handles_the_deepest_nesting_the_loader_accepts(tmp_path, capsys):
     """Anything the loader lets through can be printed by `info` (no RecursionError in to_builtin)."""
     from ldm.checkpoint import main
-    from ldm.checkpoint.loading import _MAX_DEPTH
+    from ldm.checkpoint.state_dicts import _MAX_DEPTH
 
     data = (b"\x80\x02}" + S("hyper_parameters") + b"]" * (_MAX_DEPTH - 2) + b"a" * (_MAX_DEPTH - 3) + b"s"
             + S("state_dict") + b"}s.")

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ldm.checkpoint import download_hint, load_checkpoint, remove_stale_temp_files, save_checkpoint_atomic
-from ldm.checkpoint import loading as checkpoint_loading
+from ldm.checkpoint import state_dicts
 from ldm.checkpoint.saving import temp_file_owner, temp_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def reads(monkeypatch) -> list[bool]:
     `ldm.checkpoint.load_checkpoint` made it."""
     import safetensors.torch
 
-    loader = checkpoint_loading.load_checkpoint.__code__
+    loader = state_dicts.load_checkpoint.__code__
     seen: list[bool] = []
 
     def inside_loader() -> bool:

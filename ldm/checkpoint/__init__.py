@@ -11,11 +11,11 @@ arbitrary global. One module per job:
 - `ldm.checkpoint.allowlist`: the globals a checkpoint may name and the calls it may make, with their checks;
 - `ldm.checkpoint.unpickler`: the restricted unpickler that ``torch.load`` runs;
 - `ldm.checkpoint.formats`: checks of the file and its format, read from its content;
-- `ldm.checkpoint.loading`: `load_checkpoint`, the one loading function, and the state-dict helpers on it;
+- `ldm.checkpoint.state_dicts`: `load_checkpoint`, the one loading function, and the state-dict helpers on it;
 - `ldm.checkpoint.saving`: atomic saving, temporary-file names and the removal of stale ones;
 - `ldm.checkpoint.hints`: the download hint for missing model-zoo files;
 - `ldm.checkpoint.errors`: `UnsafeCheckpointError` and `InvalidCheckpointError`;
-- `ldm.checkpoint.cli`: ``python -m ldm.checkpoint {convert IN OUT | info PATH}``.
+- `ldm.checkpoint.commands`: ``python -m ldm.checkpoint {convert IN OUT | info PATH}``.
 
 The names below are importable from the package itself. They are imported on first use, so that the
 modules that need no torch (`hints`, `errors`) can be imported by the scripts before torch is.
@@ -31,12 +31,12 @@ _EXPORTS = {
     "standins": ("STAND_IN_MODULES", "StandIn", "is_stand_in", "stand_in_class", "to_builtin"),
     "allowlist": ("resolve_global",),
     "unpickler": ("restricted_pickle_module",),
-    "loading": ("check_weights_fit", "extract_state_dict", "load_checkpoint", "load_state_dict",
-                "restore_weights"),
+    "state_dicts": ("check_weights_fit", "extract_state_dict", "load_checkpoint", "load_state_dict",
+                    "restore_weights"),
     "saving": ("atomic_path", "atomic_write_bytes", "convert_to_safetensors", "remove_stale_temp_files",
                "save_checkpoint_atomic", "temp_file_owner", "temp_path"),
     "hints": ("DOWNLOAD_SCRIPTS", "download_hint"),
-    "cli": ("main",),
+    "commands": ("main",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

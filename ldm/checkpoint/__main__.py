@@ -1,6 +1,6 @@
-"""``python -m ldm.checkpoint {convert IN OUT | info PATH}`` (`ldm.checkpoint.cli`)."""
+"""``python -m ldm.checkpoint {convert IN OUT | info PATH}`` (`ldm.checkpoint.commands`)."""
 import sys
 
-from ldm.checkpoint.cli import main
+from ldm.checkpoint.commands import main
 
 sys.exit(main())

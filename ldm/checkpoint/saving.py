@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import torch
 
 from ldm.checkpoint.formats import SAFETENSORS_SUFFIX
-from ldm.checkpoint.loading import extract_state_dict, load_checkpoint
+from ldm.checkpoint.state_dicts import extract_state_dict, load_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import torch
 
 from ldm.checkpoint.errors import InvalidCheckpointError, UnsafeCheckpointError
-from ldm.checkpoint.loading import extract_state_dict, load_checkpoint
+from ldm.checkpoint.state_dicts import extract_state_dict, load_checkpoint
 from ldm.checkpoint.saving import convert_to_safetensors
 from ldm.checkpoint.standins import to_builtin
 
