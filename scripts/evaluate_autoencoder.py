@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     if opt.num_images is not None:
         check_positive("--num_images", opt.num_images)
     from ldm.evaluation import zoo
-    from ldm.evaluation.autoencoder import dataset_images, evaluate_autoencoder, perceptual_metric
+    from ldm.evaluation.reconstruction import dataset_images, evaluate_autoencoder, perceptual_metric
     from ldm.evaluation.evaluate import report
     from ldm.evaluation.inception import InceptionFeatures
     from ldm.scripting.inputs import load_config, require_file

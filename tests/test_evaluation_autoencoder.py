@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from ldm.evaluation import inception
 from ldm.evaluation import metrics as M
-from ldm.evaluation.autoencoder import load_square
+from ldm.evaluation.reconstruction import load_square
 from ldm.modules.losses import lpips as lp
 from ldm.util import instantiate_from_config
 from test_evaluation import TinyFeatures, load_script, shapes_images, write_folder, write_standin_inception
@@ -73,7 +73,7 @@ def test_missing_lpips_weights_fail_before_any_image(setup, tmp_path, monkeypatc
     root, images, weights = setup
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv(lp.VGG16_ENV, raising=False)
-    import ldm.evaluation.autoencoder as ae
+    import ldm.evaluation.reconstruction as ae
 
     monkeypatch.setattr(ae, "reconstruct", lambda *a: pytest.fail("reconstructed before the error"))
     with pytest.raises(FileNotFoundError, match=lp.VGG16_FILENAME):

@@ -12,7 +12,7 @@
 - :mod:`ldm.evaluation.image_sets`: image sets from a folder, a sampling script's ``.npz`` or ADM's
   reference batches, checked before any long work, hashed by content for the feature cache.
 - :mod:`ldm.evaluation.evaluate`: samples against a reference, the table and the JSON.
-- :mod:`ldm.evaluation.autoencoder`: rFID, PSNR, SSIM and LPIPS of a first stage's reconstructions.
+- :mod:`ldm.evaluation.reconstruction`: rFID, PSNR, SSIM and LPIPS of a first stage's reconstructions.
 - :mod:`ldm.evaluation.zoo`: the model-zoo registry (``models/model_zoo.yaml``) and reproducing a row.
 - :mod:`ldm.evaluation.shapes`: the embedded default: a small classifier of the generated shapes
   whose features give a Frechet distance and whose predictions give the class accuracy of samples.
