@@ -1,9 +1,11 @@
 """One loader: every weight file the project reads goes through `ldm.checkpoint.load_checkpoint` (LPIPS and
 Inception weights, the demo's shapes classifier, the scripts' models, ``init_from_ckpt``, Lightning's
 ``--resume``), one download hint knows every model-zoo folder, and one module writes and recognises the
-temporary-file names."""
+temporary-file names. Hugging Face folders (tokenizers, CLIP, DINOv2), whose format transformers owns, go
+through one function too, `ldm.checkpoint.pretrained.load_pretrained`."""
 from __future__ import annotations
 
+import ast
 import os
 import re
 import sys
@@ -66,6 +68,22 @@ def test_no_weight_file_is_read_outside_the_checkpoint_package():
              for path in sources if package not in path.parents
              for number, line in enumerate(path.read_text().splitlines(), 1) if LOAD_CALLS.search(line)]
     assert not found, "weight files read outside ldm.checkpoint:\n" + "\n".join(found)
+
+
+def test_hugging_face_folders_are_read_only_through_load_pretrained():
+    """Tokenizers, CLIP and DINOv2 folders: transformers' ``from_pretrained`` is called in one place,
+    `ldm.checkpoint.pretrained.load_pretrained` (local files only, missing files named)."""
+    package = REPO / "ldm" / "checkpoint"
+    sources = [*REPO.glob("ldm/**/*.py"), *REPO.glob("scripts/**/*.py"), *REPO.glob("benchmarks/**/*.py"),
+               REPO / "main.py"]
+    calls = {}
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "from_pretrained":
+                calls.setdefault(path, []).append(node.lineno)
+    outside = [f"{path.relative_to(REPO)}:{lines}" for path, lines in calls.items() if package not in path.parents]
+    assert not outside, "from_pretrained called outside ldm.checkpoint: " + ", ".join(outside)
+    assert list(calls) == [package / "pretrained.py"]
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])

@@ -14,6 +14,7 @@ arbitrary global. One module per job:
 - `ldm.checkpoint.state_dicts`: `load_checkpoint`, the one loading function, and the state-dict helpers on it;
 - `ldm.checkpoint.saving`: atomic saving, temporary-file names and the removal of stale ones;
 - `ldm.checkpoint.hints`: the download hint for missing model-zoo files;
+- `ldm.checkpoint.pretrained`: `load_pretrained`, the door to Hugging Face folders (tokenizers, CLIP, DINOv2);
 - `ldm.checkpoint.errors`: `UnsafeCheckpointError` and `InvalidCheckpointError`;
 - `ldm.checkpoint.commands`: ``python -m ldm.checkpoint {convert IN OUT | info PATH}``.
 
@@ -36,6 +37,7 @@ _EXPORTS = {
     "saving": ("atomic_path", "atomic_write_bytes", "convert_to_safetensors", "remove_stale_temp_files",
                "save_checkpoint_atomic", "temp_file_owner", "temp_path"),
     "hints": ("DOWNLOAD_SCRIPTS", "download_hint"),
+    "pretrained": ("MissingPretrainedFiles", "describe_files", "find_local_files", "hf_cache_dir", "load_pretrained"),
     "commands": ("main",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -69,7 +69,7 @@ class _Projected(torch.nn.Module):
 
 
 class _Locate:
-    """A loader for ``_load_pretrained`` that only finds the folder: the files are checked before any work."""
+    """A loader for ``load_pretrained`` that only finds the folder: the files are checked before any work."""
 
     @staticmethod
     def from_pretrained(folder: str, **kwargs) -> str:
@@ -84,12 +84,13 @@ class ClipScorer:
     """
 
     def __init__(self, model: str = CLIP_DEFAULT, device: str | torch.device = "cpu"):
-        from ldm.modules.encoders.modules import CLIP_MODEL_FILES, _load_pretrained
+        from ldm.checkpoint.pretrained import load_pretrained
+        from ldm.modules.encoders.modules import CLIP_MODEL_FILES
 
         self.name = str(model)
         self.device = torch.device(device)
         for groups in (CLIP_MODEL_FILES, CLIP_PROCESSOR_FILES):
-            _load_pretrained(_Locate, self.name, "CLIP score", groups, download_hint(self.name))
+            load_pretrained(_Locate, self.name, "CLIP score", groups, download_hint(self.name))
         self._metric = None
 
     @property
@@ -98,11 +99,12 @@ class ClipScorer:
             from torchmetrics.multimodal.clip_score import CLIPScore
             from transformers import CLIPModel, CLIPProcessor
 
-            from ldm.modules.encoders.modules import CLIP_MODEL_FILES, _load_pretrained
+            from ldm.checkpoint.pretrained import load_pretrained
+            from ldm.modules.encoders.modules import CLIP_MODEL_FILES
 
             hint = download_hint(self.name)
-            model = _load_pretrained(CLIPModel, self.name, "CLIP score", CLIP_MODEL_FILES, hint).eval()
-            processor = _load_pretrained(CLIPProcessor, self.name, "CLIP score", CLIP_PROCESSOR_FILES, hint)
+            model = load_pretrained(CLIPModel, self.name, "CLIP score", CLIP_MODEL_FILES, hint).eval()
+            processor = load_pretrained(CLIPProcessor, self.name, "CLIP score", CLIP_PROCESSOR_FILES, hint)
             self._metric = CLIPScore(model_name_or_path=lambda: (_Projected(model), processor)).to(self.device)
         return self._metric
 

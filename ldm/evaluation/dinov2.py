@@ -46,21 +46,21 @@ def find_dinov2_weights(path: str | os.PathLike | None = None) -> Path:
 
     FileNotFoundError names the files, every place looked in, and how to get them.
     """
-    from ldm.modules.encoders.modules import _describe, _find_local_files, _hf_cache_dir
+    from ldm.checkpoint.pretrained import describe_files, find_local_files, hf_cache_dir
 
-    files = _describe(DINOV2_FILES)
+    files = describe_files(DINOV2_FILES)
     for given, what in ((path, "--dinov2_weights"), (os.environ.get(DINOV2_ENV) or None, f"${DINOV2_ENV}")):
         if given is None:
             continue
-        folder = _find_local_files(str(given), DINOV2_FILES) if Path(given).is_dir() else None
+        folder = find_local_files(str(given), DINOV2_FILES) if Path(given).is_dir() else None
         if folder is None:
             raise FileNotFoundError(f"DINOv2 weights ({what}) not found: {given} is not a folder holding {files}. "
                                     f"Get them with: {download_hint()}")
         return Path(folder)
-    folder = _find_local_files(DINOV2_DEFAULT, DINOV2_FILES)
+    folder = find_local_files(DINOV2_DEFAULT, DINOV2_FILES)
     if folder is None:
         raise FileNotFoundError(f"DINOv2 weights ({files} of {DINOV2_DEFAULT}) not found: looked at --dinov2_weights "
-                                f"(not given), ${DINOV2_ENV} (not set) and the Hugging Face cache {_hf_cache_dir()}. "
+                                f"(not given), ${DINOV2_ENV} (not set) and the Hugging Face cache {hf_cache_dir()}. "
                                 f"Nothing is downloaded at run time; get them with: {download_hint()}")
     return Path(folder)
 
@@ -103,7 +103,9 @@ def local_extractor(folder: Path) -> torch.nn.Module:
             self.requires_grad_(False)
             self.eval()
 
-    return LocalDinoV2(Dinov2Model.from_pretrained(str(folder), local_files_only=True))
+    from ldm.checkpoint.pretrained import load_pretrained
+
+    return LocalDinoV2(load_pretrained(Dinov2Model, str(folder), "DINOv2", DINOV2_FILES, download_hint()))
 
 
 class DinoV2Features:

@@ -15,14 +15,14 @@ which names the files, where they were looked for and how to get them.
 from __future__ import annotations
 
 import logging
-import os
 from functools import partial
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 from einops import repeat
 
+from ldm.checkpoint.pretrained import MissingPretrainedFiles, load_pretrained  # noqa: F401 (re-exported)
 from ldm.modules.x_transformer import Encoder, TransformerWrapper
 from ldm.util import resolve_path
 
@@ -46,71 +46,6 @@ OPENAI_CLIP_TO_HF = {
 #: CLIP's image normalization (the openai-clip preprocessing constants).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class MissingPretrainedFiles(FileNotFoundError):
-    """Pretrained files (tokenizer vocabulary, CLIP weights) that are neither in the given folder nor in the cache."""
-
-
-def _hf_cache_dir() -> str:
-    try:
-        from huggingface_hub import constants
-
-        return str(constants.HF_HUB_CACHE)
-    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
-        return os.path.join(os.path.expanduser("~"), ".cache", "huggingface", "hub")
-
-
-def _describe(groups: Sequence[Sequence[str]]) -> str:
-    return " or ".join(" + ".join(g) for g in groups)
-
-
-def _find_local_files(name_or_path: str, groups: Sequence[Sequence[str]]) -> str | None:
-    """The folder that holds one complete group of ``groups``: ``name_or_path`` itself when it is a folder,
-    else the repository's snapshot in the Hugging Face cache; None when no group is complete."""
-    if os.path.isdir(name_or_path):
-        for group in groups:
-            if all(os.path.isfile(os.path.join(name_or_path, f)) for f in group):
-                return name_or_path
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
-        return None
-    for group in groups:
-        try:
-            found = [try_to_load_from_cache(name_or_path, f) for f in group]
-        except ValueError:  # not a valid repository id
-            return None
-        if all(isinstance(f, str) for f in found):
-            folders = {os.path.dirname(f) for f in found}
-            if len(folders) == 1:
-                return folders.pop()
-    return None
-
-
-def _load_pretrained(loader: Any, name_or_path: str, what: str, groups: Sequence[Sequence[str]],
-                     download_hint: str) -> Any:
-    """``loader.from_pretrained`` on local files only, or ``MissingPretrainedFiles`` naming the missing files,
-    where they were looked for and how to get them.
-
-    The files are checked first: recent transformers versions build an empty tokenizer instead of failing.
-    """
-    folder = _find_local_files(name_or_path, groups)
-    if folder is None:
-        where = (f"the folder {name_or_path!r}" if os.path.isdir(name_or_path) else
-                 f"the Hugging Face cache {_hf_cache_dir()!r} (repository {name_or_path!r}; set HF_HOME or "
-                 f"HF_HUB_CACHE to use another cache), and no folder of that name exists")
-        raise MissingPretrainedFiles(
-            f"{what}: missing {_describe(groups)}; looked in {where}. Nothing is downloaded at run time. "
-            f"To get the files, run once on a machine with network access: {download_hint} "
-            f"(or save them with save_pretrained into a folder and pass that folder instead)."
-        )
-    try:
-        return loader.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise MissingPretrainedFiles(f"{what}: the files in {folder!r} cannot be loaded ({err}); "
-                                     f"get them again with: {download_hint}") from err
 
 
 class AbstractEncoder(nn.Module):
@@ -193,7 +128,7 @@ class BERTTokenizer(AbstractEncoder):
             from transformers import BertTokenizerFast
 
             name = resolve_path(self.tokenizer_path) if self.tokenizer_path else BERT_TOKENIZER_NAME
-            self._tokenizer = _load_pretrained(
+            self._tokenizer = load_pretrained(
                 BertTokenizerFast, name, "BERTTokenizer", BERT_TOKENIZER_FILES,
                 f"python -c \"from transformers import BertTokenizerFast; "
                 f"BertTokenizerFast.from_pretrained('{BERT_TOKENIZER_NAME}')\"",
@@ -304,7 +239,7 @@ class _FrozenCLIP(nn.Module):
     def _load_clip(self, name_or_path: str, what: str) -> nn.Module:
         from transformers import CLIPModel
 
-        model = _load_pretrained(CLIPModel, name_or_path, what, CLIP_MODEL_FILES, _clip_hint(name_or_path))
+        model = load_pretrained(CLIPModel, name_or_path, what, CLIP_MODEL_FILES, _clip_hint(name_or_path))
         model = model.to(self._anchor_device()).eval()
         model.requires_grad_(False)
         return model
@@ -357,7 +292,7 @@ class FrozenCLIPTextEmbedder(_FrozenCLIP):
         from transformers import CLIPTokenizer
 
         name = _clip_name_or_path(self.version)
-        self.tokenizer = _load_pretrained(CLIPTokenizer, name, "FrozenCLIPTextEmbedder", CLIP_TOKENIZER_FILES,
+        self.tokenizer = load_pretrained(CLIPTokenizer, name, "FrozenCLIPTextEmbedder", CLIP_TOKENIZER_FILES,
                                           _clip_hint(name))
         self.model = self._load_clip(name, "FrozenCLIPTextEmbedder")
 
