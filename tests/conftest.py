@@ -1,4 +1,7 @@
-"""Shared fixtures: where the parity data lives, the models of its cases, and the tolerance it is checked with."""
+"""Shared fixtures: where the parity data lives, the models of its cases, and the tolerance it is checked with;
+torch on one thread; the tiny checkpoints the script tests sample from, the small class-conditional LDM
+the sampler tests share and the stand-in Inception weights of the evaluation tests (module-scoped: each
+test module gets its own). Plain helpers live in tests/helpers/."""
 from __future__ import annotations
 
 import os
@@ -6,8 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+from helpers.checkpoints import CONFIGS, build_checkpoint, write_bert_tokenizer
+from helpers.evaluation import write_standin_inception
 
 
 def _parity_root() -> Path | None:
@@ -79,6 +85,49 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def txt2img_ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("txt2img")
+    tokenizer = write_bert_tokenizer(root / "bert")
+    return build_checkpoint("tiny-txt2img.yaml", root / "model",
+                            {"model.params.cond_stage_config.params.tokenizer_path": str(tokenizer)})
+
+
+@pytest.fixture(scope="module")
+def uncond_ckpt(tmp_path_factory):
+    return build_checkpoint("tiny-uncond.yaml", tmp_path_factory.mktemp("uncond") / "my_model")
+
+
+@pytest.fixture(scope="module")
+def cin_ckpt(tmp_path_factory):
+    return build_checkpoint("tiny-cin.yaml", tmp_path_factory.mktemp("cin") / "model")
+
+
+@pytest.fixture(scope="module")
+def tiny_ldm():
+    """The model of tests/configs/tiny-cin.yaml (class-conditional, 20 training steps), weights perturbed,
+    in evaluation mode, on one thread for the module."""
+    from ldm.util import instantiate_from_config
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = instantiate_from_config(OmegaConf.load(CONFIGS / "tiny-cin.yaml").model).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    yield model
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A stand-in Inception weights file (random weights in torch-fidelity's format)."""
+    from ldm.evaluation import inception
+
+    return write_standin_inception(tmp_path_factory.mktemp("inception") / inception.INCEPTION_FILENAME)
 
 
 # Tests run two pytest workers on two cores: one intra-op thread each avoids oversubscription.

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from test_main import config_with_image_folder
+from helpers.training import config_with_image_folder
 
 CONFIG = REPO / "tests" / "configs" / "train" / "ldm_uncond_tiny.yaml"
 

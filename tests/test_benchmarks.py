@@ -4,9 +4,9 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 RUN_ALL = REPO / "benchmarks" / "run_all.py"
 
 

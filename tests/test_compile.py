@@ -85,7 +85,7 @@ def test_compiled_unet_matches_eager_and_keeps_its_keys(convolutions_as_gemm, mo
 @pytest.mark.skipif(ldm_compile.unavailable_reason(torch.device("cpu")) is not None, reason="no C++ compiler")
 def test_main_compile_trains_like_the_eager_model(tmp_path):
     """``main.py --compile``: the compiled U-Net's forward and backward give the eager run's weights."""
-    from test_main import CONFIGS, ckpt_state, run_main
+    from helpers.training import CONFIGS, ckpt_state, run_main
 
     runs = {}
     for flag in ([], ["--compile"]):
@@ -98,7 +98,7 @@ def test_main_compile_trains_like_the_eager_model(tmp_path):
 
 
 def test_main_compile_flag_compiles_the_unet_for_training(tmp_path, monkeypatch):
-    from test_main import CONFIGS, run_main
+    from helpers.training import CONFIGS, run_main
 
     calls = []
     monkeypatch.setattr(ldm_compile, "compile_unet", lambda model, freeze=True: calls.append((model, freeze)))

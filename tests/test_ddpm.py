@@ -2,29 +2,15 @@
 the Lightning plumbing (EMA scope, optimisers, checkpoint loading) and the validation of string options."""
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 from conftest import assert_close, load_case
-from ldm.models.diffusion.ddpm import DDPM, DiffusionWrapper
+from helpers.models import TINY_UNET, tiny_ddpm
+from ldm.models.diffusion.ddpm import DiffusionWrapper
 from ldm.util import instantiate_from_config
 
-TINY_UNET = {
-    "target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
-    "params": {"image_size": 8, "in_channels": 3, "out_channels": 3, "model_channels": 32,
-               "attention_resolutions": [], "num_res_blocks": 1, "channel_mult": [1], "num_heads": 1},
-}
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_ddpm(**kwargs) -> DDPM:
-    params = dict(unet_config=copy.deepcopy(TINY_UNET), timesteps=20, image_size=8, channels=3, log_every_t=5)
-    params.update(kwargs)
-    return DDPM(**params)
 
 
 def test_ddpm_pixel_parity():

@@ -6,10 +6,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
-from test_ddpm import tiny_ddpm
-from test_latent_diffusion import split_params, tiny_ldm
-from test_samplers import SHAPE, STEPS, StubDiffusion, oracle
 
+from helpers.models import split_params, tiny_ddpm, tiny_ldm
+from helpers.oracles import SHAPE, STEPS, StubDiffusion, oracle
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.plms import PLMSSampler
 

@@ -6,20 +6,16 @@ at second order).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from ldm.models.diffusion.denoiser import DiscreteSchedule
 from ldm.models.diffusion.gaussian_diffusion import GaussianDiffusion
 from ldm.models.diffusion.dpm_solver import SKIP_TYPES, DPMSolverSampler
 from ldm.models.diffusion.sampling import (DDPMSampler, check_sampler_options, dpmpp, make_sampler,
                                            resolve_sampler_name, sample)
-
-CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def ldm_linear_alphas_cumprod(T: int = 1000) -> torch.Tensor:
@@ -155,21 +151,6 @@ def test_intermediates_and_callbacks(mu):
 # ------------------------------------------------------------------------------------------------
 # against the project's DDIM and DDPM on a small LDM
 # ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_ldm():
-    from ldm.util import instantiate_from_config
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = instantiate_from_config(OmegaConf.load(CONFIGS / "tiny-cin.yaml").model).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    yield model
-    torch.set_num_threads(n)
 
 
 def test_first_order_solver_is_ddim(tiny_ldm):

@@ -2,7 +2,6 @@
 SpatialRescaler, and the local-only loading of the BERT tokenizer and CLIP (on tiny files made here)."""
 from __future__ import annotations
 
-import json
 import logging
 
 import kornia
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from conftest import assert_close, load_case
+from helpers.checkpoints import write_letter_clip
 from ldm.modules.encoders.modules import (
     CLIP_MEAN,
     CLIP_STD,
@@ -166,35 +166,8 @@ def test_bert_tokenizer_says_what_is_missing(tmp_path, monkeypatch, where):
     assert (str(path) if path else str(tmp_path / "empty_cache")) in msg
 
 
-def _tiny_clip(folder):
-    """A random 1-layer CLIP and its BPE tokenizer files, saved like a Hugging Face repository."""
-    from transformers import CLIPConfig, CLIPModel
-
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for ch in letters:
-            vocab[ch + suffix] = len(vocab)
-    vocab["ca"] = len(vocab)
-    vocab["cat</w>"] = len(vocab)
-    folder.mkdir(parents=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\nc a\nca t</w>\n")
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=8,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    return folder
-
-
 def test_frozen_clip_text_embedder(tmp_path):
-    folder = _tiny_clip(tmp_path / "clip")
+    folder = write_letter_clip(tmp_path / "clip")
     m = FrozenCLIPTextEmbedder(version=str(folder), max_length=16, n_repeat=3)
     assert "model" not in m._modules and not list(m.parameters())  # building reads no file
     z = m.encode(["a cat", "dog"])
@@ -213,7 +186,7 @@ def test_frozen_clip_text_embedder(tmp_path):
 
 
 def test_frozen_clip_image_embedder(tmp_path):
-    folder = _tiny_clip(tmp_path / "clip")
+    folder = write_letter_clip(tmp_path / "clip")
     m = FrozenClipImageEmbedder(model=str(folder))
     assert torch.allclose(m.mean, torch.tensor(CLIP_MEAN)) and torch.allclose(m.std, torch.tensor(CLIP_STD))
     assert m.state_dict() == {}  # the normalization buffers are not saved, as in the original

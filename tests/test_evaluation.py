@@ -4,68 +4,23 @@ torch_fidelity.calculate_metrics on the same folders, reference features are cac
 and bad input is reported before any feature is extracted."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
-import math
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from ldm.data.synthetic import SyntheticShapesBase
+from helpers.evaluation import TinyFeatures, run_evaluate, shapes_images, write_folder
+from helpers.scripts import load_script
 from ldm.evaluation import inception
 from ldm.evaluation.evaluate import Settings, evaluate
 from ldm.evaluation.image_sets import open_image_set
 from ldm.scripting.outputs import save_npz
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"ldm_script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def write_standin_inception(path: Path, seed: int = 0) -> Path:
-    """torch-fidelity's FeatureExtractorInceptionV3 state dict with random He-initialized weights."""
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
-
-    with mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None), \
-            mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}):
-        model = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in model.state_dict().items():
-        if key.endswith("conv.weight"):  # keeps activations from vanishing through the 90-odd layers
-            value = torch.randn(value.shape, generator=g) * math.sqrt(2.0 / value[0].numel())
-        elif key == "fc.weight":
-            value = torch.randn(value.shape, generator=g) * 3.0 / math.sqrt(value.shape[1])
-        state[key] = value.clone()
-    torch.save(state, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    return write_standin_inception(tmp_path_factory.mktemp("inception") / inception.INCEPTION_FILENAME)
-
-
-def shapes_images(n: int, split: str, seed: int, size: int = 16) -> np.ndarray:
-    ds = SyntheticShapesBase(size=size, num_samples=n, split=split, seed=seed)
-    return np.stack([((ds[i]["image"] + 1) * 127.5).round().astype(np.uint8) for i in range(n)])
-
-
-def write_folder(folder: Path, images: np.ndarray, mode: str = "RGB") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, im in enumerate(images):
-        Image.fromarray(im).convert(mode).save(folder / f"{i:04d}.png")
-    return folder
+# The stand-in Inception weights (``weights``) are a fixture of tests/conftest.py.
 
 
 @pytest.fixture(scope="module")
@@ -73,21 +28,6 @@ def folders(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("sets")
     return (write_folder(root / "samples", shapes_images(8, "train", 1)),
             write_folder(root / "reference", shapes_images(8, "validation", 2)))
-
-
-class TinyFeatures(torch.nn.Module):
-    """A cheap stand-in for the Inception forward pass: fixed random projections of the pixels."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.pool = torch.randn(3 * 16 * 16, 2048, generator=g) / 16
-        self.fc = torch.randn(2048, 1008, generator=g) / 45
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.nn.functional.interpolate(x.float() / 255, size=(16, 16), mode="area").flatten(1)  # (B, 768)
-        pool = torch.relu(x @ self.pool)  # (B, 2048)
-        return pool, pool @ self.fc  # (B, 2048), (B, 1008)
 
 
 def tiny_extractor(weights: Path) -> inception.InceptionFeatures:
@@ -193,10 +133,6 @@ def test_adm_reference_statistics_are_used_for_fid(weights, tmp_path, monkeypatc
 # ------------------------------------------------------------------------------------------------
 # bad input: one clear error (or warning) before any feature is extracted
 # ------------------------------------------------------------------------------------------------
-
-
-def run_evaluate(*argv: str):
-    return load_script("evaluate").main(list(argv) + ["--no_cache", "--no_progress"])
 
 
 def test_missing_and_empty_sets(folders, weights, tmp_path, no_extraction):

@@ -3,21 +3,20 @@ computation on its reconstructions, LPIPS and rFID come out, missing weights fai
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import REPO
+from helpers.evaluation import TinyFeatures, shapes_images, write_folder, write_standin_inception
+from helpers.scripts import load_script
 from ldm.evaluation import inception
 from ldm.evaluation import metrics as M
 from ldm.evaluation.reconstruction import load_square
 from ldm.modules.losses import lpips as lp
 from ldm.util import instantiate_from_config
-from test_evaluation import TinyFeatures, load_script, shapes_images, write_folder, write_standin_inception
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -11,20 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.checkpoints import write_letter_clip
+from helpers.evaluation import run_evaluate, shapes_images, write_folder
+from helpers.scripts import load_script
 from ldm.evaluation import inception
 from ldm.evaluation import metrics as M
 from ldm.evaluation.evaluate import Settings, evaluate
 from ldm.evaluation.image_sets import open_image_set
-from test_evaluation import load_script, run_evaluate, shapes_images, write_folder
 
 pytest.importorskip("transformers")
 
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    from test_evaluation import write_standin_inception
-
-    return write_standin_inception(tmp_path_factory.mktemp("inception") / inception.INCEPTION_FILENAME)
+# The stand-in Inception weights (``weights``) are a fixture of tests/conftest.py.
 
 
 @pytest.fixture(scope="module")
@@ -213,9 +210,7 @@ CAPTIONS = ["a cat", "a red cat", "a blue cat", "a cat", "a green cat", "a big c
 def clip_folder(tmp_path_factory):
     from transformers import CLIPImageProcessor, CLIPModel
 
-    from test_encoders import _tiny_clip
-
-    folder = _tiny_clip(tmp_path_factory.mktemp("clip") / "clip")
+    folder = write_letter_clip(tmp_path_factory.mktemp("clip") / "clip")
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     images = shapes_images(6, "train", 1)
     # the sign of a random model's mean cosine is arbitrary: make it positive, so the floor at 0 does not hide it

@@ -4,20 +4,18 @@ are reproducible by seed; the shapes classifier's predictions map colour and sha
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import REPO
 from ldm.data.synthetic import CLASSES
 from ldm.evaluation import shapes
 from ldm.evaluation.demo_eval import count_model_calls, sample_classes, score_samples
 from ldm.evaluation.study import plot_guidance, plot_study, run_study, study_points
 from ldm.models.diffusion.sampling import SAMPLERS
 from ldm.util import instantiate_from_config
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

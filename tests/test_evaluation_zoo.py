@@ -18,11 +18,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import REPO
+from helpers.evaluation import TinyFeatures, shapes_images, write_folder, write_standin_inception
+from helpers.scripts import load_script
 from ldm.evaluation import inception, zoo
 from ldm.util import instantiate_from_config
-from test_evaluation import TinyFeatures, load_script, shapes_images, write_folder, write_standin_inception
 
-REPO = Path(__file__).resolve().parents[1]
 SEED_README = REPO.parent / "shared" / "seed"
 
 

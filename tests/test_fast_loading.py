@@ -10,9 +10,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from helpers.checkpoints import build_checkpoint, write_bert_tokenizer
+from helpers.scripts import run_txt2img
 from ldm import checkpoint as ldm_checkpoint
 from ldm.scripting import loading
-from test_scripts import build_checkpoint, run_txt2img, write_bert_tokenizer
 
 
 def _tiny_txt2img(tmp_path):

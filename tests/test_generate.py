@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.checkpoints import build_checkpoint
+from helpers.scripts import script
 from ldm.evaluation import zoo
 from ldm.evaluation.demo_eval import sample_classes
 from ldm.sampler_registry import SAMPLERS, check_run_options, run_steps
 from ldm.scripting import generate as gen
 from ldm.scripting import inputs, loading, sampler_options
-from test_scripts import build_checkpoint, script
 
 NULL_CLASS = 1000  # tiny-cin.yaml: the class trained as "no class"
 

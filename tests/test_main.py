@@ -14,24 +14,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from ldm.checkpoint import load_checkpoint
-
-CONFIGS = REPO / "tests" / "configs" / "train"
-QUIET = ["lightning.trainer.enable_progress_bar=false"]
-
-
-def run_main(logroot: Path, *args: str) -> Path:
-    """Run main.main in this process; returns the newest run directory under ``logroot``."""
-    from main import main
-
-    main(["-l", str(logroot), "--accelerator", "cpu", *args, *QUIET])
-    runs = sorted(p for p in logroot.iterdir() if p.is_dir())
-    assert runs, f"no run directory under {logroot}"
-    return runs[-1]
-
-
-def ckpt_state(path: Path) -> dict:
-    return load_checkpoint(path)
+from helpers.training import CONFIGS, QUIET, ckpt_state, config_with_image_folder, run_main
 
 
 def assert_run_layout(logdir: Path) -> None:
@@ -150,17 +133,6 @@ def test_sigkill_leaves_a_loadable_checkpoint_and_run_resumes(tmp_path):
 
 
 # Bad input: each fails before training, with a message naming the problem.
-
-def config_with_image_folder(tmp_path: Path, root: Path, base: Path = CONFIGS / "autoencoder_kl_tiny.yaml") -> Path:
-    """``base`` with its training data replaced by the images of folder ``root``, saved under ``tmp_path``."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(base)
-    cfg.data.params.train = {"target": "ldm.data.custom.ImageFolderDataset", "params": {"root": str(root), "size": 16}}
-    path = tmp_path / "folder.yaml"
-    OmegaConf.save(cfg, path)
-    return path
-
 
 def test_missing_data_path(tmp_path):
     missing = tmp_path / "no_such_folder"

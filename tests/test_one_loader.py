@@ -9,17 +9,16 @@ import ast
 import os
 import re
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import REPO
 from ldm.checkpoint import download_hint, load_checkpoint, remove_stale_temp_files, save_checkpoint_atomic
 from ldm.checkpoint import state_dicts
 from ldm.checkpoint.saving import temp_file_owner, temp_path
 
-REPO = Path(__file__).resolve().parents[1]
 #: Calls that read a weight file; outside ``ldm/checkpoint/`` none may appear.
 LOAD_CALLS = re.compile(r"\btorch\.load\(|\btorch\.jit\.load\(|\bload_file\(|\bsafe_open\(|\bpickle\.loads?\(")
 

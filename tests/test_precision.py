@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import load_case
+from helpers.scripts import png, run_txt2img
 from ldm.scripting import loading
 from ldm.util import instantiate_from_config
-from test_scripts import png, run_txt2img, txt2img_ckpt  # noqa: F401 - the fixture is used by name
 
 #: Relative error of bfloat16 autocast against float32 that these small models stay within (8 mantissa bits
 #: give about 4e-3 per rounding; errors add up over the layers).

@@ -14,6 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO
+from helpers.checkpoints import build_checkpoint
 from ldm.scripting import cli, inputs
 
 TRAIN = REPO / "tests" / "configs" / "train"
@@ -195,8 +196,6 @@ def test_sample_cin_uses_the_configs_null_class(tmp_path):
     class, exactly as with --uncond_class given; the last class gives other images."""
     import numpy as np
     from PIL import Image
-
-    from test_scripts import build_checkpoint
 
     config, ckpt = build_checkpoint("tiny-cin.yaml", tmp_path / "model", {"model.params.ucg_class": 7})
 

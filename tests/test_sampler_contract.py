@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_dpm_solver import tiny_ldm  # noqa: F401 (the small class-conditional LDM, a module fixture)
-from test_scripts import cin_ckpt, script  # noqa: F401 (a checkpoint of that LDM for the scripts)
 
+from helpers.scripts import script
 from ldm.models.diffusion.sampling import SAMPLERS, SamplerSpec, make_sampler, resolve_sampler_name, sampler_names
 
 SHAPE = (3, 8, 8)

@@ -11,9 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from test_scripts import CONFIGS, forbid_model_loading, make_inpainting_pairs, script, \
-    txt2img_ckpt  # noqa: F401 - the fixture is used by name
-
+from helpers.checkpoints import CONFIGS
+from helpers.scripts import forbid_model_loading, make_inpainting_pairs, script
 from ldm.scripting import cli, outputs
 
 

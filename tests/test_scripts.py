@@ -8,8 +8,6 @@ model is loaded.
 """
 from __future__ import annotations
 
-import importlib.util
-import json
 import shlex
 import shutil
 from pathlib import Path
@@ -20,55 +18,14 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from conftest import REPO
+from helpers.checkpoints import CONFIGS, STEP, build_checkpoint, write_tiny_clip
+from helpers.scripts import forbid_model_loading, make_inpainting_pairs, png, run_txt2img, script
 from ldm.scripting import cli, inputs, loading, outputs
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.plms import PLMSSampler
-from ldm.util import instantiate_from_config
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "tests" / "configs"
-STEP = 1234  # global_step stored in the test checkpoints
-
-# ------------------------------------------------------------------------------------------------
-# helpers
-# ------------------------------------------------------------------------------------------------
-
-_SCRIPTS: dict[str, object] = {}
-
-
-def script(name: str):
-    """The module scripts/<name>.py, imported once."""
-    if name not in _SCRIPTS:
-        spec = importlib.util.spec_from_file_location(f"ldm_script_{name}", REPO / "scripts" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _SCRIPTS[name] = module
-    return _SCRIPTS[name]
-
-
-def build_checkpoint(config_name: str, folder: Path, overrides: dict | None = None) -> tuple[Path, Path]:
-    """Build the tiny model of tests/configs/<config_name>, perturb its weights, save config.yaml + model.ckpt."""
-    config = OmegaConf.load(CONFIGS / config_name)
-    for key, value in (overrides or {}).items():
-        OmegaConf.update(config, key, value)
-    torch.manual_seed(0)
-    model = instantiate_from_config(config.model)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():  # zero-initialized output convolutions would make every sample trivial
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-        ema = getattr(model, "model_ema", None)
-        if ema is not None:  # EMA weights that differ from the raw ones: sampling must use them
-            for name, p in model.model.named_parameters():
-                getattr(ema, ema.m_name2s_name[name]).copy_(p + 0.05 * torch.randn(p.shape, generator=gen))
-    folder.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(config, folder / "config.yaml")
-    torch.save({"state_dict": model.state_dict(), "global_step": STEP, "epoch": 3}, folder / "model.ckpt")
-    return folder / "config.yaml", folder / "model.ckpt"
-
-
-def png(path: Path) -> np.ndarray:
-    return np.array(Image.open(path))
+# The tiny checkpoints (txt2img_ckpt, uncond_ckpt, cin_ckpt) are fixtures of tests/conftest.py.
 
 
 def reference_images(model, samples: torch.Tensor) -> np.ndarray:
@@ -77,61 +34,8 @@ def reference_images(model, samples: torch.Tensor) -> np.ndarray:
     return (255.0 * x.cpu().numpy().transpose(0, 2, 3, 1)).astype(np.uint8)
 
 
-def forbid_model_loading(monkeypatch) -> None:
-    """Argument errors must come before any model is built."""
-    def fail(*args, **kwargs):
-        raise AssertionError("a model was loaded before the argument error was raised")
-    monkeypatch.setattr(loading, "load_model", fail)
-
-
-def write_bert_tokenizer(folder: Path) -> Path:
-    """A tiny WordPiece vocabulary saved as a BERT tokenizer folder."""
-    from transformers import BertTokenizerFast
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "circle", "square", "on", "the",
-             "left", "right", "painting", "of", "virus", "monster", "playing", "guitar"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(str(folder))
-    return folder
-
-
-def _bytes_to_unicode() -> list[str]:
-    """The 256 symbols of CLIP's byte-level BPE."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    extra = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in cs]
-
-
-def write_tiny_clip(folder: Path, dim: int = 16) -> Path:
-    """A random CLIP (projection dim ``dim``) and a byte-level tokenizer, saved with save_pretrained."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = _bytes_to_unicode()
-    vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    text = dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                num_attention_heads=2, max_position_embeddings=77, eos_token_id=tokenizer.eos_token_id,
-                bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-                  patch_size=16)
-    torch.manual_seed(0)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=dim)).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
-
-
 # ------------------------------------------------------------------------------------------------
-# fixtures: one checkpoint per model kind for the whole module
+# fixtures
 # ------------------------------------------------------------------------------------------------
 
 
@@ -142,24 +46,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def txt2img_ckpt(tmp_path_factory):
-    root = tmp_path_factory.mktemp("txt2img")
-    tokenizer = write_bert_tokenizer(root / "bert")
-    return build_checkpoint("tiny-txt2img.yaml", root / "model",
-                            {"model.params.cond_stage_config.params.tokenizer_path": str(tokenizer)})
-
-
-@pytest.fixture(scope="module")
-def uncond_ckpt(tmp_path_factory):
-    return build_checkpoint("tiny-uncond.yaml", tmp_path_factory.mktemp("uncond") / "my_model")
-
-
-@pytest.fixture(scope="module")
-def cin_ckpt(tmp_path_factory):
-    return build_checkpoint("tiny-cin.yaml", tmp_path_factory.mktemp("cin") / "model")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -209,13 +95,6 @@ def test_readme_txt2img_sizes_fit_the_model():
 # ------------------------------------------------------------------------------------------------
 # txt2img
 # ------------------------------------------------------------------------------------------------
-
-
-def run_txt2img(config, ckpt, outdir, *extra):
-    argv = ["--prompt", "a red circle", "--outdir", str(outdir), "--config", str(config), "--ckpt", str(ckpt),
-            "--ddim_steps", "3", "--n_samples", "2", "--n_iter", "2", "--H", "16", "--W", "16", "--scale", "3.0",
-            "--device", "cpu", *extra]
-    return script("txt2img").main(argv)
 
 
 def test_txt2img_writes_samples_and_grid(txt2img_ckpt, tmp_path):
@@ -320,20 +199,6 @@ def test_strict_checkpoint_loading(txt2img_ckpt, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # inpaint
 # ------------------------------------------------------------------------------------------------
-
-
-def make_inpainting_pairs(folder: Path, n: int = 2, size: int = 16) -> list[str]:
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    names = []
-    for i in range(n):
-        image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        mask = np.zeros((size, size), dtype=np.uint8)
-        mask[4:12, 2 + i:10 + i] = 255
-        Image.fromarray(image).save(folder / f"ex{i}.png")
-        Image.fromarray(mask).save(folder / f"ex{i}_mask.png")
-        names.append(f"ex{i}.png")
-    return names
 
 
 def test_inpaint_end_to_end(tmp_path):
