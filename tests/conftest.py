@@ -106,7 +106,7 @@ def cin_ckpt(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_ldm():
+def tiny_cin_ldm():
     """The model of tests/configs/tiny-cin.yaml (class-conditional, 20 training steps), weights perturbed,
     in evaluation mode, on one thread for the module."""
     from ldm.util import instantiate_from_config

@@ -153,10 +153,10 @@ def test_intermediates_and_callbacks(mu):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_first_order_solver_is_ddim(tiny_ldm):
+def test_first_order_solver_is_ddim(tiny_cin_ldm):
     from ldm.models.diffusion.ddim import DDIMSampler
 
-    model = tiny_ldm
+    model = tiny_cin_ldm
     c = model.get_learned_conditioning({"class_label": torch.tensor([3, 5])})
     uc = model.get_learned_conditioning({"class_label": torch.tensor([1000, 1000])})
     noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
@@ -171,8 +171,8 @@ def test_first_order_solver_is_ddim(tiny_ldm):
     assert second.shape == ddim.shape and torch.isfinite(second).all()
 
 
-def test_ddpm_sampler_guidance(tiny_ldm):
-    model = tiny_ldm
+def test_ddpm_sampler_guidance(tiny_cin_ldm):
+    model = tiny_cin_ldm
     c = model.get_learned_conditioning({"class_label": torch.tensor([3, 5])})
     uc = model.get_learned_conditioning({"class_label": torch.tensor([1000, 1000])})
     sampler = DDPMSampler(model)
@@ -189,16 +189,16 @@ def test_ddpm_sampler_guidance(tiny_ldm):
         sampler.sample(10, 2, (3, 8, 8), conditioning=c, verbose=False)
 
 
-def test_sampler_registry(tiny_ldm):
+def test_sampler_registry(tiny_cin_ldm):
     assert resolve_sampler_name("DPM_Solver++") == "dpmpp2m"
-    assert [type(make_sampler(n, tiny_ldm)).__name__ for n in ("ddpm", "ddim", "plms", "dpmpp2m")] == [
+    assert [type(make_sampler(n, tiny_cin_ldm)).__name__ for n in ("ddpm", "ddim", "plms", "dpmpp2m")] == [
         "DDPMSampler", "DDIMSampler", "PLMSSampler", "DPMSolverSampler"]
     with pytest.raises(ValueError, match="unknown sampler 'heun'; allowed: ddpm, ddim, plms, dpmpp2m, dpm_solver"):
         resolve_sampler_name("heun")
     with pytest.raises(ValueError, match="deterministic and takes eta=0 only"):
         check_sampler_options("plms", eta=1.0)
     assert check_sampler_options("ddim", eta=1.0) == "ddim"
-    assert np.isfinite(DiscreteSchedule(tiny_ldm.alphas_cumprod).lambda_.numpy()).all()
+    assert np.isfinite(DiscreteSchedule(tiny_cin_ldm.alphas_cumprod).lambda_.numpy()).all()
 
 
 def test_noise_prediction_multistep(mu):

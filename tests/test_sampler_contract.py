@@ -33,8 +33,8 @@ def test_every_sampler_is_covered():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_shapes_device_and_seed(name, tiny_ldm, monkeypatch):
-    model = tiny_ldm
+def test_shapes_device_and_seed(name, tiny_cin_ldm, monkeypatch):
+    model = tiny_cin_ldm
     def no_cuda(*args, **kwargs):
         raise AssertionError("a sampler moved a tensor to CUDA by itself")
 
@@ -51,8 +51,8 @@ def test_shapes_device_and_seed(name, tiny_ldm, monkeypatch):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_classifier_free_guidance(name, tiny_ldm):
-    model = tiny_ldm
+def test_classifier_free_guidance(name, tiny_cin_ldm):
+    model = tiny_cin_ldm
     c, uc = conditioning(model, [3, 5]), conditioning(model, [1000, 1000])
     calls = []
     apply_model = model.apply_model
@@ -87,8 +87,8 @@ def test_classifier_free_guidance(name, tiny_ldm):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_mask_keeps_the_known_region(name, tiny_ldm):
-    model = tiny_ldm
+def test_mask_keeps_the_known_region(name, tiny_cin_ldm):
+    model = tiny_cin_ldm
     c = conditioning(model, [3, 5])
     x0 = torch.full((2, *SHAPE), 0.7)
     mask = torch.zeros(2, 1, *SHAPE[1:])
@@ -102,8 +102,8 @@ def test_mask_keeps_the_known_region(name, tiny_ldm):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_callbacks_and_quantized_x0(name, tiny_ldm):
-    model = tiny_ldm
+def test_callbacks_and_quantized_x0(name, tiny_cin_ldm):
+    model = tiny_cin_ldm
     c = conditioning(model, [3, 5])
     steps, pred_x0s = [], []
     samples, _ = draw(name, model, conditioning=c, callback=steps.append,
@@ -123,8 +123,8 @@ def test_callbacks_and_quantized_x0(name, tiny_ldm):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_given_x_T(name, tiny_ldm):
-    model = tiny_ldm
+def test_given_x_T(name, tiny_cin_ldm):
+    model = tiny_cin_ldm
     c = conditioning(model, [3, 5])
     x_T = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(7))
     a, _ = draw(name, model, seed=0, conditioning=c, x_T=x_T)
@@ -137,8 +137,8 @@ def test_given_x_T(name, tiny_ldm):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_img2img_starts_from_the_noised_image(name, tiny_ldm):
-    model = tiny_ldm
+def test_img2img_starts_from_the_noised_image(name, tiny_cin_ldm):
+    model = tiny_cin_ldm
     c = conditioning(model, [3, 5])
     x0 = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(4))
     sampler = make_sampler(name, model)
@@ -151,18 +151,18 @@ def test_img2img_starts_from_the_noised_image(name, tiny_ldm):
     assert (light - x0).abs().mean() < 0.1 < (full - x0).abs().mean()
 
 
-def test_a_new_sampler_is_one_function_and_one_registry_line(tiny_ldm, monkeypatch):
+def test_a_new_sampler_is_one_function_and_one_registry_line(tiny_cin_ldm, monkeypatch):
     def euler(model, x, sigmas, i, state, noise):
         """Euler's method on the probability-flow ODE (Karras et al. 2022, eq. 4)."""
         denoised = model(x, sigmas[i])
         return x + (sigmas[i + 1] - sigmas[i]) * (x - denoised) / sigmas[i], denoised
 
     monkeypatch.setitem(SAMPLERS, "euler", SamplerSpec(euler, "log_sigma"))
-    c = conditioning(tiny_ldm, [3, 5])
+    c = conditioning(tiny_cin_ldm, [3, 5])
     x_T = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(7))
-    ours, _ = make_sampler("euler", tiny_ldm).sample(STEPS, 2, SHAPE, conditioning=c, x_T=x_T, verbose=False)
-    ddim, _ = make_sampler("euler_karras", tiny_ldm).sample(STEPS, 2, SHAPE, conditioning=c, x_T=x_T, verbose=False,
-                                                            sigmas=make_sampler("euler", tiny_ldm).sigmas(STEPS))
+    ours, _ = make_sampler("euler", tiny_cin_ldm).sample(STEPS, 2, SHAPE, conditioning=c, x_T=x_T, verbose=False)
+    ddim, _ = make_sampler("euler_karras", tiny_cin_ldm).sample(STEPS, 2, SHAPE, conditioning=c, x_T=x_T, verbose=False,
+                                                            sigmas=make_sampler("euler", tiny_cin_ldm).sigmas(STEPS))
     assert torch.allclose(ours, ddim, atol=1e-5)  # Euler is the DDIM update (eta 0) on the same grid
     assert "euler" in sampler_names() and resolve_sampler_name("EULER") == "euler"
 
