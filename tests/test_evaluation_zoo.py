@@ -22,6 +22,7 @@ from conftest import REPO
 from helpers.evaluation import TinyFeatures, shapes_images, write_folder, write_standin_inception
 from helpers.scripts import load_script
 from ldm.evaluation import inception, zoo
+from ldm.scripting import generate
 from ldm.util import instantiate_from_config
 
 SEED_README = REPO.parent / "shared" / "seed"
@@ -120,7 +121,7 @@ def test_reproduce_end_to_end_prints_published_beside_measured(tiny_row, tmp_pat
 
 def test_reproduce_resumes_after_a_kill_without_resampling(tiny_row, tmp_path, monkeypatch, cheap_features):
     registry, weights, reference = tiny_row
-    real_run_sampler = zoo.run_sampler
+    real_run_sampler = generate.run_sampler
     calls = []
 
     def killed_on_third_batch(*args, **kwargs):
@@ -129,7 +130,7 @@ def test_reproduce_resumes_after_a_kill_without_resampling(tiny_row, tmp_path, m
             raise KeyboardInterrupt  # what a kill midway looks like to the loop
         return real_run_sampler(*args, **kwargs)
 
-    monkeypatch.setattr(zoo, "run_sampler", killed_on_third_batch)
+    monkeypatch.setattr(generate, "run_sampler", killed_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
         reproduce(registry, weights, reference, tmp_path / "run", "--num_samples", "8", "--metrics", "kid")
     samples = tmp_path / "run" / "samples"
@@ -137,7 +138,7 @@ def test_reproduce_resumes_after_a_kill_without_resampling(tiny_row, tmp_path, m
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in samples.iterdir()}
 
     calls.clear()
-    monkeypatch.setattr(zoo, "run_sampler", lambda *a, **k: (calls.append(1), real_run_sampler(*a, **k))[1])
+    monkeypatch.setattr(generate, "run_sampler", lambda *a, **k: (calls.append(1), real_run_sampler(*a, **k))[1])
     reproduce(registry, weights, reference, tmp_path / "run", "--num_samples", "8", "--metrics", "kid")
     assert len(calls) == 2  # only the two missing batches
     for name, (mtime, data) in before.items():

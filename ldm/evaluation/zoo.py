@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from ldm.evaluation.settings import REGISTRY
 from ldm.checkpoint import atomic_path
 from ldm.sampler_registry import check_run_options
-from ldm.scripting.generate import generate, plan_batches, run_sampler
+from ldm.scripting.generate import generate, plan_batches
 from ldm.scripting.outputs import save_npz
 from ldm.util import resolve_path
 
@@ -145,7 +145,6 @@ def sample_row(model: torch.nn.Module, row: dict[str, Any], outdir: Path, num_sa
         for out in generate(model, name, sampler.get("steps"), todo, eta=eta, seed=seed,
                             conditioning=lambda b: conditioning_for(model, row, b.start, b.size, prompts),
                             scale=float(row.get("guidance", {}).get("scale", 1.0)),
-                            run=run_sampler,  # this module's name for it, which a test replaces to simulate a kill
                             desc=f"sampling {row['name']}", progress=progress):
             save_npz(paths[out.batch.index], out.uint8())
     return paths

@@ -65,15 +65,15 @@ def run_sampler(name: str, model: torch.nn.Module, steps: int | None, batch_size
 
 def generate(model: torch.nn.Module, sampler: str, steps: int | None, batches: Sequence[Batch], eta: float = 0.0,
              seed: int | None = None, conditioning: Callable[[Batch], tuple[Any, Any]] | None = None,
-             scale: float = 1.0, shape: Sequence[int] | None = None, run: Callable[..., torch.Tensor] = run_sampler,
-             desc: str = "sampling", progress: bool = True) -> Iterator[Generated]:
+             scale: float = 1.0, shape: Sequence[int] | None = None, desc: str = "sampling",
+             progress: bool = True) -> Iterator[Generated]:
     """Draw ``batches`` with the sampler ``sampler`` in ``steps`` steps and ``eta``; yields each one decoded.
 
     seed: batch ``b`` is drawn after ``torch.manual_seed(seed + b.index)``, so that any subset of the batches (a
         resumed run) draws the samples of the whole run; None: from the global generator as the caller left it.
     conditioning: (c, uc) of a batch, drawn after its seed; guidance at ``scale`` where uc is not None.
-    shape: (C, H, W) of the samples (default `sample_shape`); run: draws one batch, with `run_sampler`'s
-    arguments. The caller chooses the weights and precision by the block it iterates in (EMA scope, autocast).
+    shape: (C, H, W) of the samples (default `sample_shape`). Each batch is one `run_sampler` call. The caller
+    chooses the weights and precision by the block it iterates in (EMA scope, autocast).
     """
     name = resolve_sampler_name(sampler)
     shape = tuple(shape) if shape is not None else sample_shape(model)
@@ -85,7 +85,8 @@ def generate(model: torch.nn.Module, sampler: str, steps: int | None, batches: S
             c, uc = conditioning(batch) if conditioning is not None else (None, None)
             guidance = {"unconditional_guidance_scale": scale, "unconditional_conditioning": uc} if uc is not None else {}
             started = time.perf_counter()
-            z = run(name, model, steps, batch.size, shape, conditioning=c, eta=eta, sampler=drawer, **guidance)
+            z = run_sampler(name, model, steps, batch.size, shape, conditioning=c, eta=eta, sampler=drawer,
+                            **guidance)
             seconds = time.perf_counter() - started
             yield Generated(batch, decode(model, z), seconds)
             bar.update(batch.size)
