@@ -3,7 +3,6 @@ refuse a model they cannot sample from its config, before torch is even imported
 neither torch nor the models; hints name things that exist."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -15,18 +14,12 @@ from omegaconf import OmegaConf
 
 from conftest import REPO
 from helpers.checkpoints import build_checkpoint
-from ldm.scripting import cli, inputs
+from helpers.scripts import load_script as script
+from ldm.scripting import inputs
 
 TRAIN = REPO / "tests" / "configs" / "train"
 SCRIPTS = sorted(p.stem for p in (REPO / "scripts").glob("*.py"))
 QUIET = ["lightning.trainer.max_steps=2", "lightning.callbacks.image_logger.params.disabled=true"]
-
-
-def script(name: str):
-    spec = importlib.util.spec_from_file_location(f"ldm_run_folder_script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def train_run(root: Path, config: str) -> Path:

@@ -6,6 +6,6 @@ Rombach et al., CVPR 2022), one module per concern:
 - ``sampler_options``: the sampler the options name, checked with its eta;
 - ``generate``: the generation loop (batches, seeds, sampler, decoding) and one batch from a sampler;
 - ``outputs``: decoding, images, grids and arrays saved atomically, output folders, the summary;
-- ``imagenet``: ImageNet class indices from names and synset ids;
+- ``class_labels``: ImageNet class indices from names and synset ids;
 - ``cli``: the shared options, argument checks and the scripts' entry point.
 """
